@@ -1,0 +1,102 @@
+// Raw libc bindings (Deno.dlopen). Only symbol tables and thin, typed wrappers live here:
+// no firewall or attribution logic, and no pointer ever leaves ffi/.
+// Library handles are opened lazily on first use so that importing this file costs nothing.
+
+const LIBC_PATH = "libc.so.6";
+
+const symbols = {
+  __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+  getpid: { parameters: [], result: "i32" },
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  recvfrom: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"], result: "isize" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  // Blocking wait declared nonblocking so it runs on a worker thread and returns a Promise.
+  poll_async: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type LibC = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+let library: Deno.DynamicLibrary<typeof symbols> | undefined;
+
+/** Opens libc once; throws a message that names what is missing. */
+export function libc(): LibC {
+  if (!library) {
+    try {
+      library = Deno.dlopen(LIBC_PATH, symbols);
+    } catch (error) {
+      throw new Error(`Cannot load ${LIBC_PATH} (install package libc6): ${(error as Error).message}`);
+    }
+  }
+  return library.symbols;
+}
+
+// Constants for Linux x86_64 / aarch64 (identical on both for the values used here).
+export const O_RDONLY = 0;
+export const O_DIRECTORY = 0o200000;
+export const O_CLOEXEC = 0o2000000;
+export const AF_UNIX = 1;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const AF_NETLINK = 16;
+export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
+export const SOCK_RAW = 3;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOL_SOCKET = 1;
+export const SO_PEERCRED = 17;
+export const SO_MARK = 36;
+export const MSG_DONTWAIT = 0x40;
+export const POLLIN = 0x1;
+export const EAGAIN = 11;
+export const EINTR = 4;
+export const ENOENT = 2;
+export const EPERM = 1;
+
+/** errno of the last failing call on this thread; read it right after the call. */
+export function errno(): number {
+  const pointer = libc().__errno_location();
+  return pointer ? new Deno.UnsafePointerView(pointer).getInt32(0) : 0;
+}
+
+export function strerror(code: number): string {
+  const pointer = libc().strerror(code);
+  return pointer ? Deno.UnsafePointerView.getCString(pointer) : `errno ${code}`;
+}
+
+/** Error carrying errno, phrased "Cannot <what>: <strerror>". */
+export class OsError extends Error {
+  constructor(readonly what: string, readonly code: number) {
+    super(`Cannot ${what}: ${strerror(code)} (errno ${code})`);
+    this.name = "OsError";
+  }
+}
+
+/** NUL-terminated copy of a JS string for `buffer` parameters. */
+export function cString(text: string): Uint8Array<ArrayBuffer> {
+  const bytes = new TextEncoder().encode(text);
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes);
+  return out;
+}
+
+/** open(2) that throws OsError; returns the fd. */
+export function openFile(path: string, flags: number): number {
+  const fd = libc().open(cString(path), flags | O_CLOEXEC, 0);
+  if (fd < 0) throw new OsError(`open ${path}`, errno());
+  return fd;
+}
+
+export function closeFd(fd: number): void {
+  if (fd >= 0) libc().close(fd);
+}
