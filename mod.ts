@@ -8,7 +8,7 @@
  * @example
  * ```ts
  * import { Enforcer, parsePolicy } from "@org/egress";
- * const enforcer = new Enforcer(parsePolicy("github.com\n*.npmjs.org"));
+ * const enforcer = new Enforcer(parsePolicy("github.com\n*.example.org"));
  * enforcer.decide({ type: "https", dst_ip: "140.82.112.3", dst_port: 443, host: "github.com" }).allowed; // true
  * ```
  * @module

@@ -22,6 +22,11 @@ const symbols = {
   // Blocking wait declared nonblocking so it runs on a worker thread and returns a Promise.
   poll_async: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  // bpf(2) through syscall(2): used only to probe which program types this kernel loads.
+  syscall_bpf: { name: "syscall", parameters: ["i64", "i64", "buffer", "u64"], result: "i64" },
+  // libbpf's print callback hands over a va_list (a pointer on x86_64 and, by reference, aarch64).
+  vsnprintf: { parameters: ["buffer", "usize", "pointer", "pointer"], result: "i32" },
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type LibC = Deno.DynamicLibrary<typeof symbols>["symbols"];
@@ -99,4 +104,33 @@ export function openFile(path: string, flags: number): number {
 
 export function closeFd(fd: number): void {
   if (fd >= 0) libc().close(fd);
+}
+
+const SYS_BPF = Deno.build.arch === "aarch64" ? 280 : 321;
+const BPF_PROG_LOAD = 5;
+const BPF_ATTR_SIZE = 128;
+
+/**
+ * Loads a program with bpf(BPF_PROG_LOAD) and closes it again at once: a feature probe, nothing is
+ * attached. `insns` is the raw instruction bytes. Returns 0 when the kernel accepted it, else errno.
+ */
+export function probeBpfProgramLoad(probe: {
+  progType: number;
+  expectedAttachType: number;
+  attachBtfId?: number;
+  insns: Uint8Array<ArrayBuffer>;
+}): number {
+  const license = cString("GPL");
+  const attr = new Uint8Array(BPF_ATTR_SIZE);
+  const view = new DataView(attr.buffer);
+  view.setUint32(0, probe.progType, true);
+  view.setUint32(4, probe.insns.length / 8, true);
+  view.setBigUint64(8, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(probe.insns))), true);
+  view.setBigUint64(16, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(license))), true);
+  view.setUint32(68, probe.expectedAttachType, true);
+  view.setUint32(108, probe.attachBtfId ?? 0, true);
+  const fd = Number(libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_PROG_LOAD), attr, BigInt(BPF_ATTR_SIZE)));
+  if (fd < 0) return errno() || -1;
+  libc().close(fd);
+  return 0;
 }

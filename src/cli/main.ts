@@ -1,0 +1,109 @@
+// `egress` command-line entry: dispatches to the command modules, each imported lazily so that a
+// command loads only its own code. User errors are one line on stderr; anything unexpected is an
+// internal error (exit 1).
+
+import denoConfig from "../../deno.json" with { type: "json" };
+import { CliError } from "./args.ts";
+
+export const USAGE = `Usage: egress <command> [options]
+
+Commands:
+  validate     check policy files and the egress policies of workflows
+  analyze      replay a connection log against a policy
+  demo         show the policy engine deciding sample connections
+  doctor       check this machine for what egress needs
+  start, stop, status, suggest, permissions, sidecar   (not available yet in this version)
+
+Options:
+  -h, --help   help (also after a command: egress validate --help)
+  --version    print the version
+
+Exit: 0 ok, 1 policy invalid / blocked / failed, 2 usage error or unreadable file.`;
+
+type Command = (args: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  validate: async () => (await import("./validate.ts")).runValidate,
+  analyze: async () => (await import("./analyze.ts")).runAnalyze,
+  demo: async () => (await import("./demo.ts")).runDemo,
+  doctor: async () => {
+    try {
+      return (await import("./doctor.ts")).runDoctor;
+    } catch (e) {
+      // Built by another part of the project; until it exists the command is not available.
+      if (e instanceof Error && /Module not found/.test(e.message) && e.message.includes("doctor.ts")) {
+        throw new CliError("not available yet in this version", 2);
+      }
+      throw e;
+    }
+  },
+};
+
+const NOT_YET = new Set(["start", "stop", "status", "suggest", "permissions", "sidecar"]);
+
+export function version(): string {
+  return denoConfig.version;
+}
+
+export async function main(args: string[]): Promise<number> {
+  const [first, ...rest] = args;
+  if (first === undefined) {
+    console.error(USAGE);
+    return 2;
+  }
+  if (first === "-h" || first === "--help") {
+    console.log(USAGE);
+    return 0;
+  }
+  if (first === "--version") {
+    console.log(`egress ${version()}`);
+    return 0;
+  }
+  if (first === "help") {
+    if (rest.length === 0) {
+      console.log(USAGE);
+      return 0;
+    }
+    return await main([rest[0], "--help"]);
+  }
+  if (NOT_YET.has(first)) {
+    console.error(`egress ${first}: not available yet in this version`);
+    return 2;
+  }
+  const load = Object.hasOwn(COMMANDS, first) ? COMMANDS[first] : undefined;
+  if (load === undefined) {
+    console.error(
+      first.startsWith("-") ? `egress: unknown option "${first}"` : `egress: unknown command "${first}"`,
+    );
+    console.error(USAGE);
+    return 2;
+  }
+  return await runGuarded(first, async () => (await load())(rest));
+}
+
+/**
+ * Runs a command: a CliError becomes its one-line message and exit code; anything else is an
+ * internal error (exit 1), with the stack only under EGRESS_DEBUG=1.
+ */
+export async function runGuarded(name: string, run: () => Promise<number>): Promise<number> {
+  try {
+    return await run();
+  } catch (e) {
+    if (e instanceof CliError) {
+      console.error(`egress ${name}: ${e.message}`);
+      return e.exitCode;
+    }
+    const detail = e instanceof Error ? e.message : String(e);
+    console.error(`egress: internal error: ${detail}`);
+    if (debugEnabled() && e instanceof Error && e.stack) console.error(e.stack);
+    return 1;
+  }
+}
+
+function debugEnabled(): boolean {
+  try {
+    return Deno.env.get("EGRESS_DEBUG") === "1";
+  } catch {
+    return false; // no env permission
+  }
+}

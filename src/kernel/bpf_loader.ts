@@ -1,0 +1,400 @@
+// Loads egress's BPF objects (bpf/dist/*.bpf.o), attaches them to a cgroup and the BTF tracepoint,
+// pins the deny hooks in bpffs so they outlive a crashed daemon (fail closed), and detaches
+// everything on close(). See docs/kernel.md.
+
+import {
+  BpfLink,
+  type BpfMap,
+  BpfObject,
+  LibbpfError,
+  type LibbpfLogLevel,
+  setLibbpfLogHandler,
+} from "../../ffi/libbpf.ts";
+import { closeFd, errno, libc, O_DIRECTORY, O_RDONLY, openFile, OsError } from "../../ffi/libc.ts";
+import { type CgroupPath, parseMountInfo, resolveCgroup } from "./cgroup.ts";
+
+export type OperationalLog = (level: "error" | "warn" | "info" | "debug", message: string) => void;
+
+export interface BpfLoadOptions {
+  /** Instance name: pins go to `<bpffs>/egress-<instance>/`. Letters, digits, "-", "_", ".". */
+  instance: string;
+  /** cgroup (hierarchy path or full path) to attach to; default the cgroup2 root. */
+  cgroup?: string;
+  /** Directory holding egress_attr.bpf.o and egress_deny.bpf.o; default bpf/dist of this checkout. */
+  objectDir?: string;
+  /** Attach the deny hooks (IPv6, raw/ICMP sockets). Default true. */
+  deny?: boolean;
+  /** Attach the attribution programs. Default true. */
+  attribution?: boolean;
+  /** Pin the deny hooks in bpffs. Default true. */
+  pin?: boolean;
+  /** bpffs mount point; mounted there when nothing is. Default /sys/fs/bpf. */
+  bpffs?: string;
+  /** The netns whose sockets are keyed by netns cookie; default the caller's own netns. */
+  netnsCookie?: bigint;
+  /** Operational log sink; libbpf's messages (and verifier logs) go here. Default stderr. */
+  log?: OperationalLog;
+  /** Forward libbpf's debug messages too. */
+  debug?: boolean;
+}
+
+/** The one error a failed load gives: names the kernel feature that is missing or refused. */
+export class BpfLoadError extends Error {
+  constructor(readonly feature: string, reason: string) {
+    super(`Cannot load egress BPF programs: ${feature}: ${reason}`);
+    this.name = "BpfLoadError";
+  }
+}
+
+interface ProgramSpec {
+  name: string;
+  /** The section, which is also the kernel feature it needs. */
+  feature: string;
+  attach: "cgroup" | "auto";
+}
+
+export const ATTRIBUTION_PROGRAMS: readonly ProgramSpec[] = [
+  { name: "egress_conn4", feature: "cgroup/connect4", attach: "cgroup" },
+  { name: "egress_conn6", feature: "cgroup/connect6", attach: "cgroup" },
+  { name: "egress_sockops", feature: "sockops", attach: "cgroup" },
+  { name: "egress_sendmsg4", feature: "cgroup/sendmsg4", attach: "cgroup" },
+  { name: "egress_sendmsg6", feature: "cgroup/sendmsg6", attach: "cgroup" },
+  { name: "egress_udp_send", feature: "tp_btf/sock_send_length", attach: "auto" },
+];
+
+export const DENY_PROGRAMS: readonly ProgramSpec[] = [
+  { name: "egress_deny_c6", feature: "cgroup/connect6", attach: "cgroup" },
+  { name: "egress_deny_s6", feature: "cgroup/sendmsg6", attach: "cgroup" },
+  { name: "egress_deny_sock", feature: "cgroup/sock_create", attach: "cgroup" },
+];
+
+/** Mirrors EGRESS_CONN_ENTRIES / EGRESS_STASH_ENTRIES in bpf/egress.h. */
+export const EGRESS_CONN_ENTRIES = 65536;
+export const EGRESS_STASH_ENTRIES = 16384;
+
+const SOL_SOCKET = 1;
+const SO_NETNS_COOKIE = 71;
+const INSTANCE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+function defaultLog(level: string, message: string): void {
+  if (level === "debug") return;
+  console.error(`egress bpf ${level}: ${message}`);
+}
+
+function defaultObjectDir(): string {
+  return new URL("../../bpf/dist", import.meta.url).pathname;
+}
+
+/** Cookie of the caller's network namespace (SO_NETNS_COOKIE on a throwaway socket). */
+export function ownNetnsCookie(): bigint {
+  const fd = libc().socket(2, 2, 0);
+  if (fd < 0) throw new OsError("create a socket to read the netns cookie", errno());
+  try {
+    const value = new Uint8Array(8);
+    const length = new Uint32Array([8]);
+    const result = libc().getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, value, new Uint8Array(length.buffer));
+    if (result < 0) throw new OsError("read the netns cookie (SO_NETNS_COOKIE)", errno());
+    return new DataView(value.buffer).getBigUint64(0, hostLittleEndian);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+export const hostLittleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** Mounts bpffs at `path` unless a bpf filesystem is already mounted there. */
+export function ensureBpffs(path = "/sys/fs/bpf"): void {
+  const mounted = parseMountInfo(Deno.readTextFileSync("/proc/self/mountinfo"))
+    .some((entry) => entry.fsType === "bpf" && entry.mountPoint === path);
+  if (mounted) return;
+  Deno.mkdirSync(path, { recursive: true });
+  const enc = (text: string) => new TextEncoder().encode(text + "\0");
+  if (libc().mount(enc("bpf"), enc(path), enc("bpf"), 0n, null) < 0) {
+    throw new OsError(`mount bpffs at ${path}`, errno());
+  }
+}
+
+/**
+ * Removes the pinned links a previous instance of the same name left behind (a killed daemon):
+ * each is reopened, unpinned and destroyed, which detaches its program. Returns how many.
+ */
+export function removeLeftoverPins(instance: string, bpffs = "/sys/fs/bpf"): number {
+  const dir = `${bpffs}/egress-${instance}`;
+  let removed = 0;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)];
+  } catch {
+    return 0;
+  }
+  for (const entry of entries) {
+    const path = `${dir}/${entry.name}`;
+    try {
+      const link = BpfLink.open(path);
+      try {
+        link.unpin();
+      } finally {
+        link.close();
+      }
+    } catch {
+      // Not a link (or unreadable): unlinking the pin drops the reference all the same.
+      Deno.removeSync(path);
+    }
+    removed++;
+  }
+  Deno.removeSync(dir);
+  return removed;
+}
+
+export interface BpfStats {
+  tcpPublished: bigint;
+  udpRecorded: bigint;
+  stashMiss: bigint;
+  noSource: bigint;
+  stashed: bigint;
+}
+
+/** Loaded and attached egress BPF. close() detaches everything and removes the pins. */
+export class EgressBpf {
+  #objects: BpfObject[] = [];
+  #links: BpfLink[] = [];
+  #pinned: BpfLink[] = [];
+  #closed = false;
+  /** Attribution maps; undefined when attribution was not requested. */
+  conns?: BpfMap;
+  stats?: BpfMap;
+  leftoversRemoved = 0;
+
+  constructor(
+    readonly instance: string,
+    readonly cgroup: CgroupPath,
+    readonly netnsCookie: bigint,
+    readonly pinDir: string | undefined,
+    readonly log: OperationalLog,
+  ) {}
+
+  /** @internal */
+  track(object: BpfObject): void {
+    this.#objects.push(object);
+  }
+  /** @internal */
+  trackLink(link: BpfLink): void {
+    this.#links.push(link);
+  }
+  /** @internal */
+  markPinned(link: BpfLink): void {
+    this.#pinned.push(link);
+  }
+
+  /** Names of the programs loaded by this instance (kernel-visible names). */
+  programNames(): string[] {
+    return this.#objects.flatMap((object) => object.programNames());
+  }
+
+  readStats(): BpfStats {
+    const read = (index: number): bigint => {
+      if (!this.stats) return 0n;
+      const key = new Uint8Array(4);
+      new DataView(key.buffer).setUint32(0, index, hostLittleEndian);
+      const value = new Uint8Array(8);
+      return this.stats.lookup(key, value)
+        ? new DataView(value.buffer).getBigUint64(0, hostLittleEndian)
+        : 0n;
+    };
+    return {
+      tcpPublished: read(0),
+      udpRecorded: read(1),
+      stashMiss: read(2),
+      noSource: read(3),
+      stashed: read(4),
+    };
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Unpins the deny hooks, destroys every link (detaching it) and closes the objects. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const failures: string[] = [];
+    for (const link of this.#pinned) {
+      try {
+        link.unpin();
+      } catch (error) {
+        failures.push((error as Error).message);
+      }
+    }
+    for (const link of this.#links) link.close();
+    for (const object of this.#objects) object.close();
+    if (this.pinDir) {
+      try {
+        Deno.removeSync(this.pinDir);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) failures.push((error as Error).message);
+      }
+    }
+    this.conns = undefined;
+    this.stats = undefined;
+    for (const failure of failures) this.log("warn", `while detaching BPF: ${failure}`);
+  }
+}
+
+function featureOfFailedLoad(lines: string[], specs: readonly ProgramSpec[]): string {
+  for (const line of lines) {
+    const match = line.match(/prog '([^']+)': (?:BPF program load failed|failed to load)/);
+    if (match) {
+      const spec = specs.find((candidate) => candidate.name === match[1]);
+      if (spec) return `${spec.feature} (program ${spec.name})`;
+    }
+  }
+  return "BPF program load";
+}
+
+function loadObject(
+  path: string,
+  specs: readonly ProgramSpec[],
+  bpf: EgressBpf,
+  options: BpfLoadOptions,
+): BpfObject {
+  const log = bpf.log;
+  const captured: string[] = [];
+  setLibbpfLogHandler((level: LibbpfLogLevel, message: string) => {
+    captured.push(message);
+    if (level !== "debug" || options.debug) log(level, `libbpf: ${message}`);
+  });
+  try {
+    let object: BpfObject;
+    try {
+      object = BpfObject.open(path);
+    } catch (error) {
+      throw new BpfLoadError(`BPF object ${path}`, (error as Error).message);
+    }
+    bpf.track(object);
+    try {
+      object.load();
+    } catch (error) {
+      const code = error instanceof LibbpfError ? error.code : 0;
+      const feature = featureOfFailedLoad(captured, specs);
+      const hint = code === 1
+        ? "the kernel refused it (EPERM: lockdown, missing CAP_BPF/CAP_SYS_ADMIN, or the program type is disabled)"
+        : "the kernel or its verifier rejected it; libbpf's verifier log is in the operational log";
+      throw new BpfLoadError(feature, `${hint} (${(error as Error).message})`);
+    }
+    return object;
+  } finally {
+    setLibbpfLogHandler((level, message) => {
+      if (level !== "debug" || options.debug) log(level, `libbpf: ${message}`);
+    });
+  }
+}
+
+function attachAll(
+  object: BpfObject,
+  specs: readonly ProgramSpec[],
+  cgroupFd: number,
+  bpf: EgressBpf,
+): BpfLink[] {
+  const links: BpfLink[] = [];
+  for (const spec of specs) {
+    let link: BpfLink;
+    try {
+      const program = object.program(spec.name);
+      link = spec.attach === "cgroup" ? program.attachCgroup(cgroupFd) : program.attach();
+    } catch (error) {
+      const reason = spec.attach === "cgroup"
+        ? `cannot attach to cgroup ${bpf.cgroup.hierarchyPath} (kernel without CONFIG_CGROUP_BPF or this hook?)`
+        : "cannot attach (kernel without BTF tracepoints?)";
+      throw new BpfLoadError(
+        `${spec.feature} (program ${spec.name})`,
+        `${reason}: ${(error as Error).message}`,
+      );
+    }
+    bpf.trackLink(link);
+    links.push(link);
+  }
+  return links;
+}
+
+/**
+ * Opens, loads and attaches egress's BPF programs. Any failure detaches what was attached and
+ * throws one BpfLoadError naming the feature.
+ */
+export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
+  if (!INSTANCE_NAME.test(options.instance)) {
+    throw new Error(
+      `Cannot load egress BPF programs: invalid instance name ${JSON.stringify(options.instance)}`,
+    );
+  }
+  const log = options.log ?? defaultLog;
+  try {
+    Deno.statSync("/sys/kernel/btf/vmlinux");
+  } catch {
+    throw new BpfLoadError(
+      "kernel BTF",
+      "/sys/kernel/btf/vmlinux is missing (kernel built without CONFIG_DEBUG_INFO_BTF)",
+    );
+  }
+  const cgroup = resolveCgroup(options.cgroup ?? "/");
+  const objectDir = options.objectDir ?? defaultObjectDir();
+  const wantDeny = options.deny ?? true;
+  const wantAttribution = options.attribution ?? true;
+  const wantPin = wantDeny && (options.pin ?? true);
+  const bpffs = options.bpffs ?? "/sys/fs/bpf";
+  const pinDir = wantPin ? `${bpffs}/egress-${options.instance}` : undefined;
+  const netnsCookie = options.netnsCookie ?? ownNetnsCookie();
+  const bpf = new EgressBpf(options.instance, cgroup, netnsCookie, pinDir, log);
+
+  let cgroupFd = -1;
+  try {
+    cgroupFd = openFile(cgroup.fsPath, O_RDONLY | O_DIRECTORY);
+    if (wantAttribution) {
+      const object = loadObject(`${objectDir}/egress_attr.bpf.o`, ATTRIBUTION_PROGRAMS, bpf, options);
+      const config = object.map("egress_config");
+      const key = new Uint8Array(4);
+      const value = new Uint8Array(16);
+      const view = new DataView(value.buffer);
+      view.setBigUint64(0, netnsCookie, hostLittleEndian);
+      view.setUint32(8, 1, hostLittleEndian);
+      config.update(key, value);
+      const cgroupSlot = new Uint8Array(4);
+      new DataView(cgroupSlot.buffer).setUint32(0, cgroupFd, hostLittleEndian);
+      object.map("egress_cgroup").update(key, cgroupSlot);
+      bpf.conns = object.map("egress_conns");
+      bpf.stats = object.map("egress_stats");
+      attachAll(object, ATTRIBUTION_PROGRAMS, cgroupFd, bpf);
+    }
+    if (wantDeny) {
+      const object = loadObject(`${objectDir}/egress_deny.bpf.o`, DENY_PROGRAMS, bpf, options);
+      // New hooks attach before the leftovers go, so the denial has no gap across a restart.
+      const links = attachAll(object, DENY_PROGRAMS, cgroupFd, bpf);
+      if (pinDir) {
+        try {
+          ensureBpffs(bpffs);
+          bpf.leftoversRemoved = removeLeftoverPins(options.instance, bpffs);
+          if (bpf.leftoversRemoved > 0) {
+            log(
+              "info",
+              `removed ${bpf.leftoversRemoved} pinned BPF links left by an earlier egress-${options.instance}`,
+            );
+          }
+          Deno.mkdirSync(pinDir, { recursive: true });
+          links.forEach((link, index) => {
+            link.pin(`${pinDir}/${DENY_PROGRAMS[index].name}`);
+            bpf.markPinned(link);
+          });
+        } catch (error) {
+          if (error instanceof BpfLoadError) throw error;
+          throw new BpfLoadError(`bpffs pinning at ${pinDir}`, (error as Error).message);
+        }
+      }
+    }
+    return bpf;
+  } catch (error) {
+    bpf.close();
+    throw error;
+  } finally {
+    closeFd(cgroupFd);
+  }
+}

@@ -1,0 +1,61 @@
+// Hostname normalisation and host-pattern matching (policy.md §10.1, §10.3). Pure.
+import { starMatches } from "./glob.ts";
+
+/** Lower-cases a hostname and removes one trailing dot (no IDNA conversion). */
+export function normalizeHostname(name: string): string {
+  const lower = name.toLowerCase();
+  return lower.endsWith(".") ? lower.slice(0, -1) : lower;
+}
+
+/**
+ * A compiled `host` / `wildcard_host` target.
+ * - `exact`: equality.
+ * - `subdomain` (`*.L.B1…Bn`): ≥ 1 label, then a label matching `first`, then exactly `base`.
+ * - `label` (`L.B1…Bn`): exactly one label matching `first`, then `base`.
+ * `indexKey` is the longest literal suffix every matching name ends with (used by the rule index).
+ */
+export type HostPattern =
+  | { form: "exact"; name: string; indexKey: string }
+  | { form: "subdomain" | "label"; first: string; base: string[]; indexKey: string };
+
+export function compileHostPattern(pattern: string): HostPattern {
+  const lower = pattern.toLowerCase();
+  if (!lower.includes("*")) return { form: "exact", name: lower, indexKey: lower };
+  const subdomain = lower.startsWith("*.");
+  const labels = (subdomain ? lower.slice(2) : lower).split(".");
+  const first = labels[0];
+  const base = labels.slice(1);
+  const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
+  return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
+}
+
+/** `hostname` must already be normalised (see `normalizeHostname`). */
+export function compiledHostMatches(compiled: HostPattern, hostname: string): boolean {
+  if (compiled.form === "exact") return compiled.name === hostname;
+  const labels = hostname.split(".");
+  // A name with an empty label is malformed; wildcards never vouch for it.
+  if (labels.some((label) => label === "")) return false;
+  const n = compiled.base.length;
+  if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
+  const offset = labels.length - n;
+  for (let i = 0; i < n; i++) {
+    if (labels[offset + i] !== compiled.base[i]) return false;
+  }
+  return starMatches(compiled.first, labels[offset - 1]);
+}
+
+const compiledCache = new Map<string, HostPattern>();
+
+/**
+ * Whether a `host` / `wildcard_host` rule target matches a hostname, case-insensitively, with one
+ * trailing dot of the hostname ignored (§10.3).
+ */
+export function hostPatternMatches(pattern: string, hostname: string): boolean {
+  let compiled = compiledCache.get(pattern);
+  if (!compiled) {
+    if (compiledCache.size >= 4096) compiledCache.clear();
+    compiled = compileHostPattern(pattern);
+    compiledCache.set(pattern, compiled);
+  }
+  return compiledHostMatches(compiled, normalizeHostname(hostname));
+}

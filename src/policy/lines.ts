@@ -1,0 +1,42 @@
+// Line splitting for policy text (policy.md §1). Pure: no Deno, no node:.
+
+/** One source line: its 1-based number and its text without the terminator. */
+export type SourceLine = { number: number; text: string };
+
+// Every terminator of §1. "\r\n" comes first so that it counts as one break, not two.
+// deno-lint-ignore no-control-regex
+const LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
+
+/**
+ * Splits policy text into lines. A leading BOM is dropped and a final terminator does not open a
+ * new (empty) line, so "a\n" is one line and "" is none.
+ */
+export function splitLines(text: string): SourceLine[] {
+  const body = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+  if (body === "") return [];
+  const parts = body.split(new RegExp(LINE_BREAK.source, "g"));
+  // A final terminator leaves one empty part behind; it is not a line of its own.
+  if (parts.length > 1 && parts[parts.length - 1] === "") parts.pop();
+  return parts.map((part, i) => ({ number: i + 1, text: part }));
+}
+
+/**
+ * 1-based column, in code points, of the UTF-16 offset `index` of `line` (a TAB is one column).
+ * An offset inside a surrogate pair counts as the pair's column.
+ */
+export function columnAt(line: string, index: number): number {
+  let column = 1;
+  for (let i = 0; i < index && i < line.length; i++) {
+    const code = line.charCodeAt(i);
+    // A high surrogate followed by a low one is a single code point.
+    if (code >= 0xd800 && code <= 0xdbff && i + 1 < line.length) {
+      const low = line.charCodeAt(i + 1);
+      if (low >= 0xdc00 && low <= 0xdfff) {
+        if (i + 1 >= index) break;
+        i++;
+      }
+    }
+    column++;
+  }
+  return column;
+}
