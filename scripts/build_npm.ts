@@ -3,10 +3,22 @@
 // declarations from tsc, and a package.json. Usage: deno task build:npm [--out DIR]
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath as fromFileUrl } from "node:url";
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { ensureNodeTools, runNodeTool } from "./lib/node_tools.ts";
 
 const repo = resolve(dirname(fromFileUrl(import.meta.url)), "..");
+
+/** tsc keeps `./x.ts` specifiers in .d.ts files; Node-style resolvers need `./x.js`. */
+function rewriteDeclarationImports(dir: string): void {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) rewriteDeclarationImports(path);
+    else if (entry.name.endsWith(".d.ts")) {
+      const text = readFileSync(path, "utf8");
+      writeFileSync(path, text.replace(/(from\s+["'](?:\.\.?\/)[^"']*?)\.ts(["'])/g, "$1.js$2"));
+    }
+  }
+}
 
 export async function buildNpmPackage(outDir: string): Promise<void> {
   const nodeModules = await ensureNodeTools();
@@ -16,21 +28,23 @@ export async function buildNpmPackage(outDir: string): Promise<void> {
   }
   const config = JSON.parse(Deno.readTextFileSync(join(repo, "deno.json")));
 
-  // Bundle: NODE_PATH lets esbuild resolve the bare npm imports from the pinned tools.
-  const esbuild = await new Deno.Command("node", {
+    const esbuild = await new Deno.Command("node", {
     args: [
-      join(nodeModules, "esbuild", "bin", "esbuild"),
-      join(repo, "src", "policy", "mod.ts"),
-      "--bundle",
-      "--format=esm",
-      "--platform=neutral",
-      "--main-fields=module,main",
-      "--target=es2022",
-      "--legal-comments=inline",
-      `--outfile=${join(outDir, "esm", "mod.js")}`,
-      "--log-level=warning",
+      join(repo, "scripts", "lib", "esbuild_build.mjs"),
+      join(nodeModules, "esbuild", "lib", "main.js"),
+      JSON.stringify({
+        entryPoints: [join(repo, "src", "policy", "mod.ts")],
+        bundle: true,
+        format: "esm",
+        platform: "neutral",
+        mainFields: ["module", "main"],
+        target: "es2022",
+        legalComments: "inline",
+        nodePaths: [nodeModules],
+        outfile: join(outDir, "esm", "mod.js"),
+        logLevel: "warning",
+      }),
     ],
-    env: { NODE_PATH: nodeModules },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -64,6 +78,7 @@ export async function buildNpmPackage(outDir: string): Promise<void> {
     const tsconfigPath = join(buildDir, "tsconfig.json");
     writeFileSync(tsconfigPath, JSON.stringify(tsconfig, null, 2));
     await runNodeTool(nodeModules, "tsc", ["-p", tsconfigPath]);
+    rewriteDeclarationImports(join(outDir, "types"));
   } finally {
     rmSync(buildDir, { recursive: true, force: true });
   }

@@ -126,7 +126,9 @@ export function formatConnectionLine(
       if (key === "dst_ip") value = "unknown";
       else if (key === "dst_port" || key === "src_port") value = 0;
     }
-    if (isSudo && (key === "dst_ip" || key === "dst_port" || key === "src_port" || key === "policy")) continue;
+    if (isSudo && (key === "dst_ip" || key === "dst_port" || key === "src_port" || key === "policy")) {
+      continue;
+    }
     let json: string | undefined;
     switch (kind) {
       case "ts":
@@ -149,7 +151,9 @@ export function formatConnectionLine(
         if (typeof value === "string") json = JSON.stringify(scrubber.text(value));
         break;
       case "port":
-        json = String(Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 65535 ? value : 0);
+        json = String(
+          Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 65535 ? value : 0,
+        );
         break;
       case "uint":
         if (Number.isSafeInteger(value) && (value as number) >= 0) json = String(value);
@@ -172,7 +176,9 @@ export function formatConnectionLine(
         break;
       case "host":
         if (typeof value === "string" && value.length > 0) json = JSON.stringify(scrubber.text(value));
-        else if (event.type === "https" && typeof event.error === "string" && event.error.length > 0) json = "null";
+        else if (event.type === "https" && typeof event.error === "string" && event.error.length > 0) {
+          json = "null";
+        }
         break;
       case "url":
         if (typeof value === "string") {
@@ -200,6 +206,11 @@ export type ConnectionLogOptions = {
   onDropped?: (count: number, total: number) => void;
   /** called once per failing write or rotation; the lines of that write are counted as dropped */
   onError?: (error: Error) => void;
+  /**
+   * Where drops and write errors are reported when onDropped/onError are not given: the
+   * operational log (`WARN connection log: dropped …`, `ERROR Cannot write connection log …`).
+   */
+  reporter?: { warn(message: string): void; error(message: string): void };
   now?: () => Date;
 };
 
@@ -235,8 +246,13 @@ export class ConnectionLog {
     this.#scrubber = options.scrubber ?? defaultScrubber;
     this.#maxQueued = options.maxQueuedLines ?? 10_000;
     this.#maxBytes = options.path === "-" ? 0 : options.maxFileBytes ?? 0;
-    this.#onDropped = options.onDropped;
-    this.#onError = options.onError;
+    const reporter = options.reporter;
+    this.#onDropped = options.onDropped ??
+      (reporter &&
+        ((count, total) => reporter.warn(`connection log: dropped ${count} lines (${total} since start)`)));
+    this.#onError = options.onError ??
+      (reporter &&
+        ((error) => reporter.error(`Cannot write connection log ${options.path}: ${error.message}`)));
     this.#now = options.now ?? (() => new Date());
   }
 

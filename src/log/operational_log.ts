@@ -81,14 +81,19 @@ export class OperationalLog {
 
   log(level: LogLevel, message: string): void {
     if (level === "DEBUG" && !this.debugEnabled) return;
-    const bytes = this.#encoder.encode(formatOperationalLine(level, message, this.#now(), this.#scrubber) + "\n");
+    const bytes = this.#encoder.encode(
+      formatOperationalLine(level, message, this.#now(), this.#scrubber) + "\n",
+    );
     if (this.#file && !this.#fileFailed) {
       try {
         writeAllSync(this.#file, bytes);
       } catch (error) {
         // Keep going on stderr; say once why the file stopped.
         this.#fileFailed = true;
-        const why = formatOperationalLine("ERROR", `Cannot write operational log: ${(error as Error).message}`);
+        const why = formatOperationalLine(
+          "ERROR",
+          `Cannot write operational log: ${(error as Error).message}`,
+        );
         if (this.#stderr) this.#writeStderr(this.#encoder.encode(why + "\n"));
       }
     }

@@ -69,16 +69,18 @@ export class Enforcer {
     }
     const allowedByPolicy = verdict.match !== undefined;
     const passthrough = allowedByPolicy && verdict.passthrough === true;
+    const allowed = allowedByPolicy || this.#audit;
+    const policy = allowedByPolicy ? "allow" : "deny";
+    const insecure = allowedByPolicy && !passthrough && verdict.insecure === true;
+    const { match, hostname, reason } = verdict;
     // Key order follows the Decision type so that serialised decisions read consistently.
-    const decision: Decision = {
-      allowed: allowedByPolicy || this.#audit,
-      policy: allowedByPolicy ? "allow" : "deny",
-      ...(verdict.match ? { rule: verdict.match.rule, index: verdict.match.index } : {}),
-      passthrough,
-      insecure: allowedByPolicy && !passthrough && verdict.insecure === true,
-      ...(verdict.hostname !== undefined ? { hostname: verdict.hostname } : {}),
-      reason: verdict.reason,
-    };
+    const decision: Decision = match
+      ? hostname !== undefined
+        ? { allowed, policy, rule: match.rule, index: match.index, passthrough, insecure, hostname, reason }
+        : { allowed, policy, rule: match.rule, index: match.index, passthrough, insecure, reason }
+      : hostname !== undefined
+      ? { allowed, policy, passthrough, insecure, hostname, reason }
+      : { allowed, policy, passthrough, insecure, reason };
     return decision;
   }
 

@@ -442,12 +442,11 @@ const unquoted: Parser<T, N<AttrValue>> = apply(
 const value: Parser<T, N<AttrValue>> = alt_sc(quoted("`", false), quoted('"', true), unquoted);
 
 /** kv = key "=" value; an empty value gets its own message. */
-const kv: Parser<T, N<AttrAst>> = apply(seq(key, ch("="), opt_sc(value)), ([k, eq, v], r) => {
+const kv: Parser<T, N<AttrAst>> = apply(seq(key, ch("="), opt_sc(value)), ([k, _eq, v], r) => {
   const errs = errsOf(k, v);
   if (v === undefined) {
     errs.push({ index: endOf(r), message: `attribute "${textOf(r).slice(0, -1)}" needs a value` });
   }
-  void eq;
   return ok<AttrAst>({ key: k.v, index: startOf(r), value: v?.v ?? "" }, errs);
 });
 
@@ -637,7 +636,9 @@ export function diagnose(text: string, furthest: number): SyntaxIssue {
     }
   }
   const isUrl = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(first.text);
+  const isPath = first.text.startsWith("/");
   const found = (isUrl ? diagnoseUrl(first.text, first.index, true) : undefined) ??
+    (isPath ? diagnoseTarget(first.text, first.index) : undefined) ??
     misplacedHash(text, start) ??
     (isUrl ? undefined : diagnoseTarget(first.text, first.index)) ??
     diagnoseOrder(words.slice(words.indexOf(first)), isUrl || first.text.startsWith("/"), /["`]/.test(text));
@@ -697,12 +698,18 @@ function misplacedHash(text: string, start: number): SyntaxIssue | undefined {
   return undefined;
 }
 
+/** A code point as it appears in a message: quoted, or as U+XXXX when it is invisible. */
+export function showChar(c: string): string {
+  if (/^[\p{L}\p{N}\p{P}\p{S}]$/u.test(c) || c === " ") return JSON.stringify(c);
+  return "U+" + c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
+}
+
 /** `unexpected "…"` for the letters/digits run or code point at `index` of `text`; `base` offsets the result. */
 function unexpectedAt(text: string, index: number, base = 0): SyntaxIssue {
   if (index >= text.length) return { index: base + index, message: "unexpected end of line" };
   const run = /^[A-Za-z0-9]+/.exec(text.slice(index));
-  const shown = run ? run[0] : String.fromCodePoint(text.codePointAt(index)!);
-  return { index: base + index, message: `unexpected ${JSON.stringify(shown)}` };
+  const shown = run ? JSON.stringify(run[0]) : showChar(String.fromCodePoint(text.codePointAt(index)!));
+  return { index: base + index, message: `unexpected ${shown}` };
 }
 
 function diagnoseHeader(text: string, start: number, end: number, furthest: number): SyntaxIssue {
@@ -721,6 +728,8 @@ function diagnoseHeader(text: string, start: number, end: number, furthest: numb
     return unexpectedAt(text, close + 1 + (after.length - after.trimStart().length));
   }
   const body = text.slice(start + 1, close);
+  const stray = body.search(/[[\]]/);
+  if (stray >= 0 && !/[`"]/.test(body)) return unexpectedAt(text, furthest);
   const words = wordsOf(text, start + 1, close);
   if (words.length === 0) return unexpectedAt(text, furthest);
   const categories = words.filter((w) => !/^[a-z]+(\[[0-9]+\])?=/.test(w.text));
@@ -752,7 +761,10 @@ function diagnoseHeader(text: string, start: number, end: number, furthest: numb
 function diagnoseOrder(words: Word[], web: boolean, quoted: boolean): SyntaxIssue | undefined {
   let seenAttr = false;
   let seenInsecure = false;
+  const seenFlags = new Set<string>();
   for (const w of words.slice(1)) {
+    if (seenFlags.has(w.text)) return { index: w.index, message: `"${w.text}" is given twice` };
+    if (FLAG_WORDS.includes(w.text)) seenFlags.add(w.text);
     if (web && w.text === "passthrough") {
       const kind = words[0].text.startsWith("/") ? "path" : "url";
       return {
@@ -779,7 +791,17 @@ const IPV6 = /^\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?(\/[0-9]+)?$/;
 
 /** Diagnoses the first word of a rule: a URL, a path, or a network target with ports. */
 function diagnoseTarget(text: string, index: number): SyntaxIssue | undefined {
-  if (text.startsWith("/")) return undefined;
+  if (text.startsWith("/")) {
+    const query = text.indexOf("?");
+    if (query >= 0) return { index: index + query, message: 'a path rule cannot have a query ("?")' };
+    const fragment = text.indexOf("#");
+    if (fragment >= 0) {
+      return { index: index + fragment, message: 'a path rule cannot have a fragment ("#")' };
+    }
+    return undefined;
+  }
+  const half = /^(https?):(?!\/\/)/.exec(text);
+  if (half !== null) return { index: index + half[0].length, message: `expected "//" after "${half[0]}"` };
   let host = text;
   let offset = index;
   if (host.startsWith("dns:")) {
@@ -828,8 +850,8 @@ export function diagnoseHost(name: string, index: number): SyntaxIssue | undefin
   }
   const bad = /[^A-Za-z0-9.*-]/.exec(name);
   if (bad !== null) {
-    const shown = String.fromCodePoint(name.codePointAt(bad.index)!);
-    return { index: index + bad.index, message: `invalid character ${JSON.stringify(shown)} in hostname` };
+    const shown = showChar(String.fromCodePoint(name.codePointAt(bad.index)!));
+    return { index: index + bad.index, message: `invalid character ${shown} in hostname` };
   }
   if (name.endsWith(".")) {
     return { index: index + name.length - 1, message: "hostname must not end with a dot" };

@@ -424,6 +424,68 @@ function hostsOverlap(a: string, b: string): boolean {
   return hostPatternMatches(a, normalizeHostname(b)) || hostPatternMatches(b, normalizeHostname(a));
 }
 
+/** Label suffixes of a lower-cased name, longest first: "a.b.c" → a.b.c, b.c, c. */
+function suffixesOf(name: string): string[] {
+  const out = [name];
+  for (let dot = name.indexOf("."); dot >= 0; dot = name.indexOf(".", dot + 1)) out.push(name.slice(dot + 1));
+  return out;
+}
+
+/** The labels of a wildcard pattern after its wildcard labels: "*.derp*.x.com" → "x.com". */
+function fixedSuffix(pattern: string): string {
+  const labels = normalizeHostname(pattern).split(".");
+  let i = 0;
+  while (i < labels.length && labels[i].includes("*")) i++;
+  return labels.slice(i).join(".");
+}
+
+/**
+ * Host names and wildcard patterns indexed by label suffix, so that overlap checks look up the
+ * few rules that can overlap instead of comparing every pair. `candidates` is a superset of
+ * the overlapping entries (callers still check each), in index order.
+ */
+class HostIndex {
+  private readonly exact = new Map<string, number[]>();
+  private readonly exactBySuffix = new Map<string, number[]>();
+  private readonly wildByFixed = new Map<string, number[]>();
+  private readonly wildBySuffixOfFixed = new Map<string, number[]>();
+
+  private static push(map: Map<string, number[]>, key: string, id: number): void {
+    const list = map.get(key);
+    if (list === undefined) map.set(key, [id]);
+    else list.push(id);
+  }
+
+  add(id: number, host: string, wildcard: boolean): void {
+    if (wildcard) {
+      const fixed = fixedSuffix(host);
+      HostIndex.push(this.wildByFixed, fixed, id);
+      for (const s of suffixesOf(fixed)) HostIndex.push(this.wildBySuffixOfFixed, s, id);
+    } else {
+      const name = normalizeHostname(host);
+      HostIndex.push(this.exact, name, id);
+      for (const s of suffixesOf(name)) HostIndex.push(this.exactBySuffix, s, id);
+    }
+  }
+
+  candidates(host: string, wildcard: boolean): number[] {
+    const found = new Set<number>();
+    const addAll = (ids: number[] | undefined) => ids?.forEach((id) => found.add(id));
+    if (wildcard) {
+      const fixed = fixedSuffix(host);
+      // Names under the fixed suffix, and patterns whose fixed suffix nests with it either way.
+      addAll(this.exactBySuffix.get(fixed));
+      addAll(this.wildBySuffixOfFixed.get(fixed));
+      for (const s of suffixesOf(fixed)) addAll(this.wildByFixed.get(s));
+    } else {
+      const name = normalizeHostname(host);
+      addAll(this.exact.get(name));
+      for (const s of suffixesOf(name)) addAll(this.wildByFixed.get(s));
+    }
+    return [...found].sort((a, b) => a - b);
+  }
+}
+
 function crossRuleWarnings(rules: Rule[], infos: RuleInfo[]): PolicyIssue[] {
   const warnings: PolicyIssue[] = [];
   const web: number[] = [];
@@ -438,30 +500,18 @@ function crossRuleWarnings(rules: Rule[], infos: RuleInfo[]): PolicyIssue[] {
   const warn = (first: number, message: string) =>
     warnings.push({ line: 0, column: 0, message, text: infos[first].text });
 
-  // Exact web hosts are indexed so that exact passthrough hosts are looked up, not scanned.
-  const webByHost = new Map<string, number[]>();
-  const webWildcards: number[] = [];
-  for (const i of web) {
-    if (infos[i].hostKind === "wildcard") {
-      webWildcards.push(i);
-    } else {
-      const key = normalizeHostname(infos[i].host!);
-      webByHost.set(key, [...(webByHost.get(key) ?? []), i]);
-    }
-  }
-  const webOverlapping = (p: number): number[] => {
-    const host = infos[p].host!;
-    if (infos[p].hostKind === "host") {
-      const exact = webByHost.get(normalizeHostname(host)) ?? [];
-      const wild = webWildcards.filter((w) => hostsOverlap(infos[w].host!, host));
-      return [...exact, ...wild].sort((a, b) => a - b);
-    }
-    return web.filter((w) => hostsOverlap(host, infos[w].host!));
-  };
+  const webIndex = new HostIndex();
+  for (const w of web) webIndex.add(w, infos[w].host!, infos[w].hostKind === "wildcard");
+  const passthroughIndex = new HostIndex();
+  for (const p of passthroughs) passthroughIndex.add(p, infos[p].host!, infos[p].hostKind === "wildcard");
+  const overlapping = (index: HostIndex, i: number) =>
+    index.candidates(infos[i].host!, infos[i].hostKind === "wildcard").filter((j) =>
+      j !== i && hostsOverlap(infos[j].host!, infos[i].host!)
+    );
 
   // 1. passthrough covering a URL/path rule's host.
   for (const p of passthroughs) {
-    for (const w of webOverlapping(p)) {
+    for (const w of overlapping(webIndex, p)) {
       warn(
         p,
         `passthrough rule on line ${rules[p].line} covers the host of the ${rules[w].type} rule on line ${
@@ -472,16 +522,13 @@ function crossRuleWarnings(rules: Rule[], infos: RuleInfo[]): PolicyIssue[] {
   }
   // 2. insecure rule overlapped by a passthrough rule.
   for (const i of insecures) {
-    for (const p of passthroughs) {
-      if (p === i) continue;
-      if (hostsOverlap(infos[p].host!, infos[i].host!)) {
-        warn(
-          i,
-          `insecure rule on line ${rules[i].line} has no effect where the passthrough rule on line ${
-            rules[p].line
-          } matches the same host`,
-        );
-      }
+    for (const p of overlapping(passthroughIndex, i)) {
+      warn(
+        i,
+        `insecure rule on line ${rules[i].line} has no effect where the passthrough rule on line ${
+          rules[p].line
+        } matches the same host`,
+      );
     }
   }
   // 3. insecure URL/path rule sharing its host with a verified URL/path rule.

@@ -43,7 +43,11 @@ function skipName(msg: Uint8Array, start: number, end: number, pos: number): num
  * least one question, every question well-formed, and the other sections' counts fit the rest.
  * Allocates nothing (used per packet on the NFQUEUE path).
  */
-export function looksLikeDnsQuery(payload: Uint8Array, offset = 0, length = payload.length - offset): boolean {
+export function looksLikeDnsQuery(
+  payload: Uint8Array,
+  offset = 0,
+  length = payload.length - offset,
+): boolean {
   if (offset < 0 || length < DNS_HEADER_LENGTH + 5 || offset + length > payload.length) return false;
   const p = offset;
   const end = offset + length;
@@ -166,7 +170,11 @@ export function readDnsQuestions(msg: Uint8Array): DnsQuestionsResult {
     if (typeof name === "string") return { kind: "malformed", reason: `question ${i + 1}: ${name}` };
     pos = name.next;
     if (pos + 4 > msg.length) return { kind: "malformed", reason: `question ${i + 1}: truncated type/class` };
-    questions.push({ name: name.name, type: (msg[pos] << 8) | msg[pos + 1], class: (msg[pos + 2] << 8) | msg[pos + 3] });
+    questions.push({
+      name: name.name,
+      type: (msg[pos] << 8) | msg[pos + 1],
+      class: (msg[pos + 2] << 8) | msg[pos + 3],
+    });
     pos += 4;
   }
   return { kind: "ok", id, flags, questionCount, questions, end: pos };

@@ -61,12 +61,20 @@ export type ResponseHead = {
   upgrade?: string;
 };
 
-export type Malformed = { kind: "malformed"; reason: string; /** status to answer a client with */ status: number };
+export type Malformed = {
+  kind: "malformed";
+  reason: string; /** status to answer a client with */
+  status: number;
+};
 
 export type HeadResult<T> =
   | { kind: "need_more" }
   | Malformed
-  | { kind: "head"; head: T; /** bytes the head occupies, including the final empty line */ headLength: number };
+  | {
+    kind: "head";
+    head: T; /** bytes the head occupies, including the final empty line */
+    headLength: number;
+  };
 
 // ---------------------------------------------------------------- character classes
 
@@ -285,7 +293,11 @@ export class RequestHeadParser {
 
   parse(bytes: Uint8Array): HeadResult<RequestHead> {
     let start = 0;
-    for (let empty = 0; start + 1 < bytes.length && bytes[start] === 0x0d && bytes[start + 1] === 0x0a; empty++) {
+    for (
+      let empty = 0;
+      start + 1 < bytes.length && bytes[start] === 0x0d && bytes[start + 1] === 0x0a;
+      empty++
+    ) {
       if (empty >= MAX_LEADING_EMPTY_LINES) return malformed("too many empty lines before the request line");
       start += 2;
     }
@@ -314,13 +326,16 @@ function buildRequestHead(lines: string[], maxCount: number): RequestHead | Malf
   if (!isToken(method)) return malformed("invalid method");
   const versionMatch = HTTP_VERSION.exec(version);
   if (!versionMatch) {
-    return /^HTTP\/\d\.\d$/.test(version) ? malformed("unsupported HTTP version", 505) : malformed("invalid HTTP version");
+    return /^HTTP\/\d\.\d$/.test(version)
+      ? malformed("unsupported HTTP version", 505)
+      : malformed("invalid HTTP version");
   }
   const minorVersion = Number(versionMatch[1]);
   if (rawTarget.length === 0) return malformed("empty request target");
   for (let i = 0; i < rawTarget.length; i++) {
     const c = rawTarget.charCodeAt(i);
-    if (c <= 0x20 || c >= 0x7f) return malformed("invalid character in request target");
+    // "#" is not part of a request-target; servers disagree on what follows it, so refuse it.
+    if (c <= 0x20 || c >= 0x7f || c === 0x23) return malformed("invalid character in request target");
   }
   const target = parseTarget(method, rawTarget);
   if (typeof target === "string") return malformed(target);
@@ -333,12 +348,16 @@ function buildRequestHead(lines: string[], maxCount: number): RequestHead | Malf
   if (minorVersion === 1 && host === undefined) return malformed("HTTP/1.1 request without Host");
   if (host !== undefined) {
     const problem = checkAuthority(host);
-    if (problem && !(host === "" && target.form !== "origin")) return malformed(`bad Host header: ${problem}`);
+    if (problem && !(host === "" && target.form !== "origin")) {
+      return malformed(`bad Host header: ${problem}`);
+    }
   }
   let authority: string | undefined = host === "" ? undefined : host;
   if (target.form === "absolute") {
     // Servers differ on which one wins; a request naming two hosts is refused rather than guessed.
-    if (host && withoutDefaultPort(host, target.scheme) !== withoutDefaultPort(target.authority, target.scheme)) {
+    if (
+      host && withoutDefaultPort(host, target.scheme) !== withoutDefaultPort(target.authority, target.scheme)
+    ) {
       return malformed("Host header differs from the request target");
     }
     authority = target.authority;
@@ -403,7 +422,7 @@ function parseTarget(method: string, raw: string): RequestTarget | string {
   if (schemeName !== "http" && schemeName !== "https") return `unsupported scheme ${schemeName}`;
   const rest = raw.slice(scheme[0].length);
   let end = rest.length;
-  for (const stop of ["/", "?", "#"]) {
+  for (const stop of ["/", "?"]) {
     const at = rest.indexOf(stop);
     if (at >= 0 && at < end) end = at;
   }
@@ -412,7 +431,6 @@ function parseTarget(method: string, raw: string): RequestTarget | string {
   const problem = checkAuthority(authority);
   if (problem) return `bad request target authority: ${problem}`;
   let path = rest.slice(end);
-  if (path.startsWith("#")) path = "";
   if (!path.startsWith("/")) path = "/" + path;
   return { form: "absolute", scheme: schemeName, authority, path };
 }
@@ -438,7 +456,9 @@ export function parseResponseHead(
   requestMethod: string,
   limits: HeadLimits = {},
 ): HeadResult<ResponseHead> {
-  if (bytes.length > 0 && bytes[0] !== 0x48 /* H */) return malformed("response does not start with HTTP/", 502);
+  if (bytes.length > 0 && bytes[0] !== 0x48 /* H */) {
+    return malformed("response does not start with HTTP/", 502);
+  }
   const split = splitHead(bytes, 0, 0, limits.maxHeadBytes ?? MAX_HEAD_BYTES);
   if (split === null) return { kind: "need_more" };
   if ("kind" in split) return { ...split, status: 502 };
@@ -560,7 +580,9 @@ export class ChunkedDecoder {
           if (this.#sawCr) {
             if (c !== 0x0a) return this.#fail("bare CR in chunked framing");
             this.#sawCr = false;
-            const problem = this.#state === ChunkState.SizeLine ? this.#endSizeLine() : this.#endTrailerLine();
+            const problem = this.#state === ChunkState.SizeLine
+              ? this.#endSizeLine()
+              : this.#endTrailerLine();
             if (problem) return this.#fail(problem);
             if ((this.#state as ChunkState) === ChunkState.Done) return { kind: "done", consumed: i };
           } else if (c === 0x0d) {
@@ -654,7 +676,9 @@ const KNOWN_METHODS = [
 /** "http" once the bytes start with a known method and a space; "need_more" while they still could. */
 export function classifyHttpRequestStart(bytes: Uint8Array): "http" | "not_http" | "need_more" {
   let start = 0;
-  while (start + 1 < bytes.length && bytes[start] === 0x0d && bytes[start + 1] === 0x0a && start < 8) start += 2;
+  while (start + 1 < bytes.length && bytes[start] === 0x0d && bytes[start + 1] === 0x0a && start < 8) {
+    start += 2;
+  }
   let couldBe = false;
   for (const method of KNOWN_METHODS) {
     const want = method.length + 1;

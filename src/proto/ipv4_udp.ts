@@ -93,10 +93,30 @@ export function parseIpv4UdpInto(
   length = packet.length - offset,
 ): Ipv4UdpStatus {
   out.error = "";
-  out.version = out.ihl = out.headerLength = out.totalLength = out.identification = 0;
-  out.fragmentOffset = out.ttl = out.protocol = out.srcAddr = out.dstAddr = 0;
-  out.srcPort = out.dstPort = out.udpLength = out.udpChecksum = out.payloadOffset = out.payloadLength = 0;
-  out.dontFragment = out.moreFragments = out.isFragment = out.hasUdpHeader = false;
+  out.version =
+    out.ihl =
+    out.headerLength =
+    out.totalLength =
+    out.identification =
+      0;
+  out.fragmentOffset =
+    out.ttl =
+    out.protocol =
+    out.srcAddr =
+    out.dstAddr =
+      0;
+  out.srcPort =
+    out.dstPort =
+    out.udpLength =
+    out.udpChecksum =
+    out.payloadOffset =
+    out.payloadLength =
+      0;
+  out.dontFragment =
+    out.moreFragments =
+    out.isFragment =
+    out.hasUdpHeader =
+      false;
   if (offset < 0 || length < 0 || offset + length > packet.length) return fail(out, "bad buffer range");
   if (length < 20) return fail(out, "shorter than an IPv4 header");
   const p = offset;
@@ -120,8 +140,10 @@ export function parseIpv4UdpInto(
   out.isFragment = out.moreFragments || out.fragmentOffset !== 0;
   out.ttl = packet[p + 8];
   out.protocol = packet[p + 9];
-  out.srcAddr = ((packet[p + 12] << 24) | (packet[p + 13] << 16) | (packet[p + 14] << 8) | packet[p + 15]) >>> 0;
-  out.dstAddr = ((packet[p + 16] << 24) | (packet[p + 17] << 16) | (packet[p + 18] << 8) | packet[p + 19]) >>> 0;
+  out.srcAddr = ((packet[p + 12] << 24) | (packet[p + 13] << 16) | (packet[p + 14] << 8) | packet[p + 15]) >>>
+    0;
+  out.dstAddr = ((packet[p + 16] << 24) | (packet[p + 17] << 16) | (packet[p + 18] << 8) | packet[p + 19]) >>>
+    0;
 
   if (out.fragmentOffset !== 0) {
     out.status = "fragment";

@@ -265,7 +265,9 @@ function readAlpn(r: Reader, hello: ClientHello): string | undefined {
     for (let i = name.pos; i < name.end; i++) {
       const c = name.bytes[i];
       // Protocol ids are opaque bytes, but anything outside printable ASCII is escaped for safety.
-      s += c >= 0x21 && c <= 0x7e && c !== 0x25 ? String.fromCharCode(c) : `%${c.toString(16).padStart(2, "0")}`;
+      s += c >= 0x21 && c <= 0x7e && c !== 0x25
+        ? String.fromCharCode(c)
+        : `%${c.toString(16).padStart(2, "0")}`;
     }
     hello.alpn.push(s);
   }

@@ -116,7 +116,8 @@ async function signCertificate(
   return fromBinary(forge.asn1.toDer(forge.pki.certificateToAsn1(cert)).getBytes());
 }
 
-const HOST_NAME = /^(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
+/** Same alphabet as the ClientHello parser accepts for SNI (LDH plus `_`), so any SNI it passes can be minted. */
+const HOST_NAME = /^(?=.{1,253}$)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*$/;
 const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
 
 function isIpv6Literal(name: string): boolean {
@@ -269,17 +270,24 @@ export class EgressCertificates {
    * Loads the CA from `stateDir` (`ca-key.pem` 0600, `ca.pem` 0644) or creates it there when it
    * is missing, unusable or about to expire; generates this run's leaf key.
    */
-  static async loadOrCreate(stateDir: string, options: CertificatesOptions = {}): Promise<EgressCertificates> {
+  static async loadOrCreate(
+    stateDir: string,
+    options: CertificatesOptions = {},
+  ): Promise<EgressCertificates> {
     const now = (options.now ?? (() => new Date()))();
     const keyPath = `${stateDir}/ca-key.pem`;
     const certPath = `${stateDir}/ca.pem`;
     try {
-      await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+      // 0755: ca.pem (0644) must stay readable; the key is protected by its own 0600.
+      await Deno.mkdir(stateDir, { recursive: true, mode: 0o755 });
     } catch (error) {
       throw new Error(`Cannot create state directory ${stateDir}: ${(error as Error).message}`);
     }
     let ca = await loadStoredCa(keyPath, certPath, now);
-    if (!ca) {
+    if (ca) {
+      // The key stays private even if something widened its mode since it was written.
+      await Deno.chmod(keyPath, 0o600);
+    } else {
       const created = await createCa(now);
       // Key first: a certificate on disk must never lack its key.
       await writeAtomic(keyPath, created.keyPem, 0o600);
@@ -291,7 +299,10 @@ export class EgressCertificates {
       ? await crypto.subtle.generateKey(EC_KEY, true, ["sign", "verify"])
       : await crypto.subtle.generateKey(RSA_SIGN, true, ["sign", "verify"]);
     const spki = await exportSpki(pair.publicKey);
-    const keyPem = pem("PRIVATE KEY", new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey)));
+    const keyPem = pem(
+      "PRIVATE KEY",
+      new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey)),
+    );
     return new EgressCertificates({ keyPath, certPath }, ca, { spki, keyPem, type }, options);
   }
 

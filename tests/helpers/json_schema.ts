@@ -49,7 +49,9 @@ function deepEqual(a: unknown, b: unknown): boolean {
 
 /** Returns the list of violations (empty when `value` is valid). */
 export function validate(schema: Schema, value: unknown): string[] {
-  if (typeof schema === "boolean" || !schema) throw new Error("Cannot validate: root schema must be an object");
+  if (typeof schema === "boolean" || !schema) {
+    throw new Error("Cannot validate: root schema must be an object");
+  }
   const root = schema;
   const errors: string[] = [];
 
@@ -65,26 +67,36 @@ export function validate(schema: Schema, value: unknown): string[] {
       out.push(`${path}: not allowed`);
       return;
     }
-    for (const key of Object.keys(s)) if (!KNOWN.has(key)) throw new Error(`Cannot validate: unsupported keyword ${key}`);
+    for (const key of Object.keys(s)) {
+      if (!KNOWN.has(key)) throw new Error(`Cannot validate: unsupported keyword ${key}`);
+    }
     if (s.$ref !== undefined) check(resolve(s.$ref), v, path, out);
     if (s.type !== undefined) {
       const types: string[] = Array.isArray(s.type) ? s.type : [s.type];
-      if (!types.some((t) => typeMatches(v, t))) out.push(`${path}: expected ${types.join("|")}, got ${typeOf(v)}`);
+      if (!types.some((t) => typeMatches(v, t))) {
+        out.push(`${path}: expected ${types.join("|")}, got ${typeOf(v)}`);
+      }
     }
     if (s.enum !== undefined && !s.enum.some((e: unknown) => deepEqual(e, v))) {
       out.push(`${path}: not one of ${JSON.stringify(s.enum)}`);
     }
     if ("const" in s && !deepEqual(s.const, v)) out.push(`${path}: must be ${JSON.stringify(s.const)}`);
     if (typeof v === "string") {
-      if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(v)) out.push(`${path}: does not match ${s.pattern}`);
-      if (s.minLength !== undefined && [...v].length < s.minLength) out.push(`${path}: shorter than ${s.minLength}`);
+      if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(v)) {
+        out.push(`${path}: does not match ${s.pattern}`);
+      }
+      if (s.minLength !== undefined && [...v].length < s.minLength) {
+        out.push(`${path}: shorter than ${s.minLength}`);
+      }
     }
     if (typeof v === "number") {
       if (s.minimum !== undefined && v < s.minimum) out.push(`${path}: below ${s.minimum}`);
       if (s.maximum !== undefined && v > s.maximum) out.push(`${path}: above ${s.maximum}`);
     }
     if (Array.isArray(v)) {
-      if (s.minItems !== undefined && v.length < s.minItems) out.push(`${path}: fewer than ${s.minItems} items`);
+      if (s.minItems !== undefined && v.length < s.minItems) {
+        out.push(`${path}: fewer than ${s.minItems} items`);
+      }
       if (s.items !== undefined) v.forEach((item, i) => check(s.items, item, `${path}[${i}]`, out));
     }
     if (typeOf(v) === "object") {
@@ -94,7 +106,9 @@ export function validate(schema: Schema, value: unknown): string[] {
       for (const [name, item] of Object.entries(obj)) {
         if (name in props) check(props[name], item, `${path}.${name}`, out);
         else if (s.additionalProperties === false) out.push(`${path}: unexpected property ${name}`);
-        else if (typeof s.additionalProperties === "object") check(s.additionalProperties, item, `${path}.${name}`, out);
+        else if (typeof s.additionalProperties === "object") {
+          check(s.additionalProperties, item, `${path}.${name}`, out);
+        }
       }
     }
     for (const sub of s.allOf ?? []) check(sub, v, path, out);

@@ -1,4 +1,4 @@
-// Real-kernel attribution: clients (curl, python3, node) run as nobody in a test cgroup inside a
+// Real-kernel attribution: clients (curl, python3, node, dig) run as nobody in a test cgroup inside a
 // test netns; the egress instance (a child process, as a daemon) must name exactly their pid and
 // the original destination. TCP goes to an address that iptables (inside the test netns only)
 // REDIRECTs to a local listener.
@@ -7,6 +7,7 @@ import { testWhen } from "../helpers/requirements.ts";
 import type { CgroupPath } from "../../src/kernel/cgroup.ts";
 import {
   addTestAddresses,
+  client,
   InstanceChild,
   kernelTestsUnmet,
   RUN,
@@ -15,7 +16,7 @@ import {
 } from "./kernel_helpers.ts";
 import { curl, node, python, Server } from "./clients.ts";
 
-const reason = kernelTestsUnmet(["/usr/bin/curl", "/usr/bin/node"]);
+const reason = kernelTestsUnmet(["/usr/bin/curl", "/usr/bin/node", "/usr/bin/dig"]);
 
 const CLIENT_IP = "192.0.2.1";
 const REDIRECTED_IP = "192.0.2.10";
@@ -159,6 +160,23 @@ testWhen(
             cgroup,
             dst: udp,
           });
+          // dig (connected UDP from a worker thread): the tgid is dig's, whatever the thread is called.
+          const digPort = 40000 + Math.floor(Math.random() * 20000);
+          const dig = await client(inside, [
+            "/usr/bin/dig",
+            `@${UDP_IP}`,
+            "-p",
+            "5353",
+            "-b",
+            `${CLIENT_IP}#${digPort}`,
+            "+tries=1",
+            "+timeout=1",
+            "example.com",
+          ]);
+          const digFound = await packet(instance, "udp", CLIENT_IP, digPort, ...udp);
+          assert.ok(digFound, "dig's query is attributed");
+          assert.equal(digFound.pid, dig.pid);
+          assert.equal(digFound.uid, 65534);
           const unconnected = await python(inside, ["udp-sendto", ...udp.map(String)]);
           assertFound(await packet(instance, "udp", CLIENT_IP, unconnected.port, ...udp), {
             pid: unconnected.pid,
@@ -174,13 +192,13 @@ testWhen(
             dst: udp,
           });
           const mappedConnected = await python(inside, ["udp6-connected", `::ffff:${UDP_IP}`, "5353"]);
-        assertFound(await packet(instance, "udp", CLIENT_IP, mappedConnected.port, ...udp), {
-          pid: mappedConnected.pid,
-          comm: "python3",
-          cgroup,
-          dst: udp,
-        });
-        const mappedUdp = await python(inside, ["udp6-sendto", `::ffff:${UDP_IP}`, "5353"]);
+          assertFound(await packet(instance, "udp", CLIENT_IP, mappedConnected.port, ...udp), {
+            pid: mappedConnected.pid,
+            comm: "python3",
+            cgroup,
+            dst: udp,
+          });
+          const mappedUdp = await python(inside, ["udp6-sendto", `::ffff:${UDP_IP}`, "5353"]);
           assertFound(await packet(instance, "udp", CLIENT_IP, mappedUdp.port, ...udp), {
             pid: mappedUdp.pid,
             comm: "python3",

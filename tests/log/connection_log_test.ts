@@ -44,7 +44,12 @@ Deno.test("formatConnectionLine: events.md §3 key order whatever the input orde
   const keys = Object.keys(JSON.parse(line));
   const expected = CONNECTION_LOG_KEYS.filter((k) => keys.includes(k));
   assert.deepEqual(keys, expected);
-  assert.ok(line.startsWith('{"ts":"2026-02-18T10:30:45.123Z","type":"https","dst_ip":"104.16.0.1","dst_port":443,"src_port":40001,"host":"registry.npmjs.org","url":"https://registry.npmjs.org/evil?x=***","method":"GET"'), line);
+  assert.ok(
+    line.startsWith(
+      '{"ts":"2026-02-18T10:30:45.123Z","type":"https","dst_ip":"104.16.0.1","dst_port":443,"src_port":40001,"host":"registry.npmjs.org","url":"https://registry.npmjs.org/evil?x=***","method":"GET"',
+    ),
+    line,
+  );
   assert.ok(!line.includes("\n"));
   assert.equal(CONNECTION_LOG_KEYS.length, 32);
   assert.deepEqual(CONNECTION_LOG_KEYS.slice(0, 6), ["ts", "type", "dst_ip", "dst_port", "src_port", "host"]);
@@ -86,7 +91,9 @@ Deno.test("formatConnectionLine: absent, empty and false fields are omitted; hos
   }));
   assert.equal(tlsError.host, null);
   assert.ok("host" in tlsError);
-  const noErrorNoSni = JSON.parse(formatConnectionLine({ ts: TS, type: "https", policy: "deny", reason: "x" }));
+  const noErrorNoSni = JSON.parse(
+    formatConnectionLine({ ts: TS, type: "https", policy: "deny", reason: "x" }),
+  );
   assert.equal("host" in noErrorNoSni, false);
   // Unknown destination defaults.
   assert.equal(noErrorNoSni.dst_ip, "unknown");
@@ -111,19 +118,48 @@ Deno.test("formatConnectionLine: absent, empty and false fields are omitted; hos
   assert.equal("pid" in odd, false);
   assert.equal(odd.dst_ip, "unknown");
   // sudo lines carry no destination or verdict.
-  const sudo = JSON.parse(formatConnectionLine({ ts: TS, type: "sudo", cmdline: ["apt-get", "install"], policy: "allow", pwd: "/w", target_user: "root" }));
+  const sudo = JSON.parse(
+    formatConnectionLine({
+      ts: TS,
+      type: "sudo",
+      cmdline: ["apt-get", "install"],
+      policy: "allow",
+      pwd: "/w",
+      target_user: "root",
+    }),
+  );
   assert.deepEqual(Object.keys(sudo), ["ts", "type", "pwd", "target_user", "cmdline"]);
   // dns "no question" line keeps an empty name.
-  assert.equal(JSON.parse(formatConnectionLine({ ts: TS, type: "dns", name: "", policy: "deny", reason: "no question" })).name, "");
+  assert.equal(
+    JSON.parse(formatConnectionLine({ ts: TS, type: "dns", name: "", policy: "deny", reason: "no question" }))
+      .name,
+    "",
+  );
 });
 
 Deno.test("formatConnectionLine: timestamps and scrubbing of every string", () => {
-  assert.match(JSON.parse(formatConnectionLine({ type: "udp", policy: "allow" })).ts, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
-  assert.equal(JSON.parse(formatConnectionLine({ ts: 0, type: "udp", policy: "allow" })).ts, "1970-01-01T00:00:00.000Z");
-  assert.equal(JSON.parse(formatConnectionLine({ ts: "2026-01-01T00:00:00.000Z", type: "udp", policy: "allow" })).ts, "2026-01-01T00:00:00.000Z");
+  assert.match(
+    JSON.parse(formatConnectionLine({ type: "udp", policy: "allow" })).ts,
+    /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/,
+  );
+  assert.equal(
+    JSON.parse(formatConnectionLine({ ts: 0, type: "udp", policy: "allow" })).ts,
+    "1970-01-01T00:00:00.000Z",
+  );
+  assert.equal(
+    JSON.parse(formatConnectionLine({ ts: "2026-01-01T00:00:00.000Z", type: "udp", policy: "allow" })).ts,
+    "2026-01-01T00:00:00.000Z",
+  );
   const fixed = () => new Date("2030-05-05T05:05:05.555Z");
-  assert.equal(JSON.parse(formatConnectionLine({ ts: "yesterday", type: "udp", policy: "allow" }, undefined, fixed)).ts, "2030-05-05T05:05:05.555Z");
-  assert.equal(JSON.parse(formatConnectionLine({ ts: new Date(NaN), type: "udp", policy: "allow" }, undefined, fixed)).ts, "2030-05-05T05:05:05.555Z");
+  assert.equal(
+    JSON.parse(formatConnectionLine({ ts: "yesterday", type: "udp", policy: "allow" }, undefined, fixed)).ts,
+    "2030-05-05T05:05:05.555Z",
+  );
+  assert.equal(
+    JSON.parse(formatConnectionLine({ ts: new Date(NaN), type: "udp", policy: "allow" }, undefined, fixed))
+      .ts,
+    "2030-05-05T05:05:05.555Z",
+  );
 
   const token = "ghs_" + "x".repeat(36);
   const scrubber = createScrubber({ secrets: ["runtime-secret-1"] });
@@ -139,13 +175,23 @@ Deno.test("formatConnectionLine: timestamps and scrubbing of every string", () =
     cmdline: ["curl", "-H", "Authorization: Bearer runtime-secret-1", `--data=${token}`],
     exe: "/tmp/runtime-secret-1/curl",
   }, scrubber);
-  assert.ok(!line.includes(token) && !line.includes("runtime-secret-1") && !line.includes("pw@") && !line.includes("abc"), line);
+  assert.ok(
+    !line.includes(token) && !line.includes("runtime-secret-1") && !line.includes("pw@") &&
+      !line.includes("abc"),
+    line,
+  );
   const parsed = JSON.parse(line);
   assert.equal(parsed.url, "http://example.com/p/***/***?token=***");
   assert.deepEqual(parsed.cmdline, ["curl", "-H", "Authorization: Bearer ***", "--data=***"]);
   assert.equal(parsed.exe, "/tmp/***/curl");
   // A url the writer cannot scrub as a URL is not written at all.
-  assert.equal("url" in JSON.parse(formatConnectionLine({ ts: TS, type: "http", url: "ftp://x", method: "GET", policy: "allow" })), false);
+  assert.equal(
+    "url" in
+      JSON.parse(
+        formatConnectionLine({ ts: TS, type: "http", url: "ftp://x", method: "GET", policy: "allow" }),
+      ),
+    false,
+  );
   // Strings with quotes, newlines and non-ASCII stay one valid JSON line.
   const weird = formatConnectionLine({ ts: TS, type: "dns", name: 'a"b\nc\u2028é', policy: "allow" });
   assert.ok(!weird.includes("\n"));
@@ -167,7 +213,17 @@ Deno.test("writer: appends whole lines in order, creates dir and file 0644, reop
     const log = await ConnectionLog.open({ path });
     const n = 2000;
     for (let i = 0; i < n; i++) {
-      assert.equal(log.write({ ts: TS, type: "udp", dst_ip: "10.0.0.1", dst_port: i % 65536, src_port: 1, policy: "allow" }), true);
+      assert.equal(
+        log.write({
+          ts: TS,
+          type: "udp",
+          dst_ip: "10.0.0.1",
+          dst_port: i % 65536,
+          src_port: 1,
+          policy: "allow",
+        }),
+        true,
+      );
     }
     await log.flush();
     assert.equal(log.written, n);
@@ -199,7 +255,9 @@ Deno.test("writer: writes never wait; a full queue drops lines, counts them and 
     });
     const started = performance.now();
     let accepted = 0;
-    for (let i = 0; i < 1000; i++) if (log.write({ ts: TS, type: "udp", policy: "allow", src_port: i })) accepted++;
+    for (let i = 0; i < 1000; i++) {
+      if (log.write({ ts: TS, type: "udp", policy: "allow", src_port: i })) accepted++;
+    }
     const elapsed = performance.now() - started;
     assert.ok(elapsed < 500, `1000 write() calls took ${elapsed} ms`);
     assert.equal(accepted, 10, "synchronous burst: only the queue's capacity is accepted");
@@ -211,6 +269,23 @@ Deno.test("writer: writes never wait; a full queue drops lines, counts them and 
     await log.close();
     const text = await Deno.readTextFile(`${dir}/c.jsonl`);
     assert.equal(text.trim().split("\n").length, 11);
+  });
+});
+
+Deno.test("writer: drops are reported to the operational log when no callback is given", async () => {
+  await withTempDir(async (dir) => {
+    const warnings: string[] = [];
+    const reporter = {
+      warn: (m: string) => warnings.push(m),
+      error: (m: string) => warnings.push(`ERROR ${m}`),
+    };
+    const log = await ConnectionLog.open({ path: `${dir}/c.jsonl`, maxQueuedLines: 2, reporter });
+    for (let i = 0; i < 5; i++) log.write({ ts: TS, type: "udp", policy: "allow" });
+    await log.flush();
+    assert.deepEqual(warnings, ["connection log: dropped 3 lines (3 since start)"]);
+    for (let i = 0; i < 4; i++) log.write({ ts: TS, type: "udp", policy: "allow" });
+    await log.close();
+    assert.deepEqual(warnings.slice(1), ["connection log: dropped 2 lines (5 since start)"]);
   });
 });
 
@@ -236,7 +311,8 @@ Deno.test("writer: rotates connections.jsonl to .1 at the size cap, keeping whol
   await withTempDir(async (dir) => {
     const path = `${dir}/connections.jsonl`;
     const log = await ConnectionLog.open({ path, maxFileBytes: 4096 });
-    const lineOf = (i: number) => formatConnectionLine({ ts: TS, type: "udp", policy: "allow", src_port: i }) + "\n";
+    const lineOf = (i: number) =>
+      formatConnectionLine({ ts: TS, type: "udp", policy: "allow", src_port: i }) + "\n";
     for (let i = 0; i < 200; i++) {
       log.write({ ts: TS, type: "udp", policy: "allow", src_port: i });
       if (i % 20 === 19) await log.flush(); // several batches, so rotation happens between them
@@ -250,16 +326,24 @@ Deno.test("writer: rotates connections.jsonl to .1 at the size cap, keeping whol
       for (const l of text.trim().split("\n")) JSON.parse(l);
     }
     // The newest lines are in the current file, the ones before them in .1, contiguous.
-    const ports = [...rotated.trim().split("\n"), ...current.trim().split("\n")].map((l) => JSON.parse(l).src_port);
+    const ports = [...rotated.trim().split("\n"), ...current.trim().split("\n")].map((l) =>
+      JSON.parse(l).src_port
+    );
     assert.equal(ports[ports.length - 1], 199);
     for (let i = 1; i < ports.length; i++) assert.equal(ports[i], ports[i - 1] + 1);
-    assert.equal(current.split("\n")[0] + "\n", lineOf(ports[ports.length - current.trim().split("\n").length]));
+    assert.equal(
+      current.split("\n")[0] + "\n",
+      lineOf(ports[ports.length - current.trim().split("\n").length]),
+    );
   });
 });
 
 Deno.test("writer: a failed open names the path", async () => {
   await withTempDir(async (dir) => {
     await Deno.writeTextFile(`${dir}/file`, "");
-    await assert.rejects(() => ConnectionLog.open({ path: `${dir}/file/x.jsonl` }), /^Error: Cannot open connection log .*\/file\/x\.jsonl: /);
+    await assert.rejects(
+      () => ConnectionLog.open({ path: `${dir}/file/x.jsonl` }),
+      /^Error: Cannot open connection log .*\/file\/x\.jsonl: /,
+    );
   });
 });

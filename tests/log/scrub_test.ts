@@ -10,17 +10,30 @@ Deno.test("token patterns are hidden anywhere in a string", () => {
   for (const prefix of ["gho_", "ghs_", "ghu_", "ghr_"]) {
     assert.equal(defaultScrubber.text(prefix + "a".repeat(36)), MASK);
   }
-  assert.equal(defaultScrubber.text("ghp_" + "a".repeat(35)), "ghp_" + "a".repeat(35), "too short to be a token");
+  assert.equal(
+    defaultScrubber.text("ghp_" + "a".repeat(35)),
+    "ghp_" + "a".repeat(35),
+    "too short to be a token",
+  );
   assert.equal(defaultScrubber.text("ghx_" + "a".repeat(40)), "ghx_" + "a".repeat(40));
-  assert.equal(defaultScrubber.text(`https://x-access-token:${pat}@github.com`), "https://x-access-token:***@github.com");
+  assert.equal(
+    defaultScrubber.text(`https://x-access-token:${pat}@github.com`),
+    "https://x-access-token:***@github.com",
+  );
   assert.equal(defaultScrubber.text("github_pat_short"), "github_pat_short");
 });
 
 Deno.test("configured secrets are hidden, longest first, empty ones ignored", () => {
-  const s = createScrubber({ secrets: ["abc", "abcdef-runtime", "", undefined, "id.token+with*regex?chars"] });
+  const s = createScrubber({
+    secrets: ["abc", "abcdef-runtime", "", undefined, "id.token+with*regex?chars"],
+  });
   assert.equal(s.text("a abcdef-runtime b abc c"), "a *** b *** c");
   assert.equal(s.text("id.token+with*regex?chars"), MASK);
-  assert.equal(s.text("idXtoken+with*regex?chars"), "idXtoken+with*regex?chars", "regex characters are literal");
+  assert.equal(
+    s.text("idXtoken+with*regex?chars"),
+    "idXtoken+with*regex?chars",
+    "regex characters are literal",
+  );
   assert.equal(s.text("nothing here"), "nothing here");
   assert.equal(createScrubber({ secrets: [""] }).text("abc"), "abc");
 });
@@ -58,11 +71,16 @@ Deno.test("argv: credential headers keep only the scheme; cookies are hidden", (
 
 Deno.test("property: a configured secret never survives, whatever surrounds it", () => {
   fc.assert(
-    fc.property(fc.string(), fc.string(), fc.stringMatching(/^[A-Za-z0-9._-]{8,40}$/), (before, after, secret) => {
-      const s = createScrubber({ secrets: [secret] });
-      // A mask contains "*", which no secret here does, so no occurrence can survive or be re-formed.
-      assert.ok(!s.text(before + secret + after).includes(secret));
-      assert.ok(!s.argument(before + secret + after).includes(secret));
-    }),
+    fc.property(
+      fc.string(),
+      fc.string(),
+      fc.stringMatching(/^[A-Za-z0-9._-]{8,40}$/),
+      (before, after, secret) => {
+        const s = createScrubber({ secrets: [secret] });
+        // A mask contains "*", which no secret here does, so no occurrence can survive or be re-formed.
+        assert.ok(!s.text(before + secret + after).includes(secret));
+        assert.ok(!s.argument(before + secret + after).includes(secret));
+      },
+    ),
   );
 });

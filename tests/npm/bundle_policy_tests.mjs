@@ -3,7 +3,7 @@
 // modules are bundled from source, which also proves they run without Deno.
 // Usage: node bundle_policy_tests.mjs <esbuild module path> <repo> <out dir>
 import { readdirSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 const [esbuildPath, repo, outDir] = process.argv.slice(2);
 const esbuild = await import(esbuildPath);
@@ -33,6 +33,8 @@ await esbuild.build({
   outExtension: { ".js": ".test.mjs" },
   inject: [join(repo, "tests", "npm", "deno_test_shim.mjs")],
   plugins: [publicEntry],
+  // Bare npm imports (fast-check, typescript-parsec) resolve from the pinned build tools.
+  nodePaths: [dirname(dirname(dirname(esbuildPath)))],
   logLevel: "warning",
 });
 console.log(`bundled ${entries.length} test files`);

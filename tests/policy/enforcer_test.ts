@@ -347,3 +347,41 @@ Deno.test("constructor validates its arguments", () => {
   assert.throws(() => new Enforcer(null as unknown as { rules: Rule[] }), TypeError);
   assert.throws(() => new Enforcer(policy(), { dnsCache: {} as DnsCache }), TypeError);
 });
+
+Deno.test("requests on an insecure connection arrive as type http with an https URL", () => {
+  const cache = new DnsCache();
+  const enforcer = new Enforcer(policy(rule("url", "https://self.signed.com/api/*", { insecure: true })), {
+    corroborate: true,
+    dnsCache: cache,
+  });
+  const event: ConnectionEvent = {
+    type: "http",
+    dst_ip: "10.1.1.1",
+    dst_port: 443,
+    host: "self.signed.com",
+    url: "https://self.signed.com/api/x",
+    method: "GET",
+  };
+  assert.equal(enforcer.decide(event).reason, "host not corroborated");
+  cache.add("self.signed.com", ["10.1.1.1"], 60);
+  const decision = enforcer.decide(event);
+  assert.deepEqual([decision.allowed, decision.index, decision.insecure], [true, 0, false]);
+  assert.equal(
+    enforcer.decide({ ...event, url: "https://self.signed.com/other" }).reason,
+    "no matching rule",
+  );
+});
+
+Deno.test("Decision keys follow the documented order", () => {
+  const decision = new Enforcer(policy(rule("host", "a.com"))).decide(tls("a.com"));
+  assert.deepEqual(Object.keys(decision), [
+    "allowed",
+    "policy",
+    "rule",
+    "index",
+    "passthrough",
+    "insecure",
+    "hostname",
+    "reason",
+  ]);
+});

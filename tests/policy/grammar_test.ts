@@ -56,6 +56,8 @@ Deno.test("header: no WS just inside the brackets", () => {
   assert.deepEqual(error("  [:443"), [1, 8, 'header needs a closing "]"']);
   assert.deepEqual(error("[:443] x"), [1, 8, 'unexpected "x"']);
   valid("  [:443]  ");
+  assert.deepEqual(error("[]]"), [1, 3, 'unexpected "]"']);
+  assert.deepEqual(error("[[]"), [1, 2, 'unexpected "["']);
 });
 
 Deno.test("hbody: every alternative", () => {
@@ -126,6 +128,7 @@ Deno.test("url-rule: errors", () => {
   assert.deepEqual(error("https://user@github.com/"), [1, 9, "userinfo is not allowed in a URL rule"]);
   assert.deepEqual(error("https://github.com/a?b=c"), [1, 21, 'a URL rule cannot have a query ("?")']);
   assert.deepEqual(error("https://github.com/a#top"), [1, 21, 'a URL rule cannot have a fragment ("#")']);
+  assert.deepEqual(error("https:/github.com/"), [1, 7, 'expected "//" after "https:"']);
   assert.deepEqual(error("ftp://github.com/"), [1, 1, 'unsupported scheme "ftp" (use http or https)']);
   assert.deepEqual(error("https://[::1]/"), [1, 9, "IPv6 literals are not supported"]);
   assert.deepEqual(error("https://github.*/"), [1, 16, "wildcard allowed only in the first label"]);
@@ -167,6 +170,14 @@ Deno.test("path-rule: methods, path, insecure, attributes", () => {
     line: 2,
   });
   assert.equal(rule("[http://a.com]\n/").target, "/");
+  assert.deepEqual(error("[https://a.com]\n/a?b"), [2, 3, 'a path rule cannot have a query ("?")']);
+  assert.deepEqual(error("[https://a.com]\n/a#b"), [2, 3, 'a path rule cannot have a fragment ("#")']);
+  assert.deepEqual(error("[https://a.com]\n/a b"), [2, 4, 'unexpected "b"']);
+  assert.deepEqual(error("[https://a.com]\n/ passthrough"), [
+    2,
+    3,
+    "passthrough is allowed only on host and wildcard rules, not on path rules",
+  ]);
 });
 
 Deno.test("net-rule: token order target, ports/proto, passthrough, insecure, attributes", () => {
@@ -198,6 +209,8 @@ Deno.test("net-rule: token order target, ports/proto, passthrough, insecure, att
     24,
     "a rule cannot be both passthrough and insecure",
   ]);
+  assert.deepEqual(error("x.com passthrough passthrough"), [1, 19, '"passthrough" is given twice']);
+  assert.deepEqual(error("x.com insecure insecure"), [1, 16, '"insecure" is given twice']);
   assert.deepEqual(error("github.com:443 tcp"), [1, 16, 'unexpected "tcp"']);
 });
 
@@ -239,6 +252,8 @@ Deno.test("ipv4, cidr: octets 0..255 and masks 0..32 without leading zeros; not 
 Deno.test("hostname, label, tld: invalid forms", () => {
   assert.deepEqual(error("localhost"), [1, 1, 'hostname "localhost" needs at least two labels']);
   assert.deepEqual(error("_"), [1, 1, 'invalid character "_" in hostname']);
+  assert.deepEqual(error("x.com\u00a0exe=/a"), [1, 6, "invalid character U+00A0 in hostname"]);
+  assert.deepEqual(error("é.com"), [1, 1, 'invalid character "é" in hostname']);
   assert.deepEqual(error("a_b.com"), [1, 2, 'invalid character "_" in hostname']);
   assert.deepEqual(error("example.com."), [1, 12, "hostname must not end with a dot"]);
   assert.deepEqual(error(".example.com"), [1, 1, "hostname must not start with a dot"]);

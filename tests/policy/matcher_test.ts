@@ -290,3 +290,42 @@ Deno.test("parseEventUrl keeps the raw path and strips userinfo and port", () =>
   assert.equal(parseEventUrl("a.com/x"), undefined);
   assert.equal(parseEventUrl("https:///x"), undefined);
 });
+
+Deno.test("no IDNA conversion: a punycode rule does not match the Unicode name and vice versa", () => {
+  const rules = [rule("host", "xn--bcher-kva.de")];
+  assert.equal(matchIndex(rules, ev({ type: "https", host: "bücher.de" })), undefined);
+  assert.equal(matchIndex(rules, ev({ type: "https", host: "XN--BCHER-KVA.DE" })), 0);
+});
+
+Deno.test("a Host header with a port is compared without it", () => {
+  const rules = [rule("host", "a.com", { port: [8080] })];
+  assert.equal(matchIndex(rules, { type: "http", dst_ip: "1.2.3.4", dst_port: 8080, host: "a.com:8080" }), 0);
+});
+
+Deno.test("many url rules on one host: the path sub-index keeps first-match order", () => {
+  const rules: Rule[] = [];
+  for (let i = 0; i < 200; i++) rules.push(rule("url", `https://api.github.com/repos/org${i}/*`));
+  rules.push(rule("url", "https://api.github.com/*", { methods: ["POST"] }));
+  rules.push(rule("url", "https://*.github.com/repos/org7/*"));
+  rules.push(rule("url", "https://api.github.com/repos/org7/x"));
+  const request = (path: string, method = "GET") =>
+    ev({ type: "https", url: `https://api.github.com${path}`, method });
+  assert.equal(matchIndex(rules, request("/repos/org7/x")), 7);
+  assert.equal(matchIndex(rules, request("/repos/org199")), 199);
+  assert.equal(matchIndex(rules, request("/repos/org200/x")), undefined);
+  assert.equal(matchIndex(rules, request("/repos/org200/x", "POST")), 200);
+  assert.equal(matchIndex(rules.slice(200), request("/repos/org7/x")), 1);
+  assert.equal(matchIndex(rules.slice(201), request("/repos/org7/x")), 0);
+});
+
+Deno.test("many label-form wildcards under one base: the glob-prefix sub-index keeps first-match order", () => {
+  const rules: Rule[] = [];
+  for (let i = 0; i < 100; i++) rules.push(rule("wildcard_host", `cdn${i}-*.edge.net`));
+  rules.push(rule("wildcard_host", "*.edge.net"));
+  rules.push(rule("wildcard_host", "*-eu.edge.net"));
+  assert.equal(matchIndex(rules, ev({ type: "https", host: "cdn42-eu.edge.net" })), 42);
+  assert.equal(matchIndex(rules, ev({ type: "https", host: "cdn4-eu.edge.net" })), 4);
+  assert.equal(matchIndex(rules, ev({ type: "https", host: "cdn100-eu.edge.net" })), 100);
+  assert.equal(matchIndex(rules.slice(101), ev({ type: "https", host: "cdn100-eu.edge.net" })), 0);
+  assert.equal(matchIndex(rules.slice(101), ev({ type: "https", host: "x.cdn100-eu.edge.net" })), undefined);
+});

@@ -125,6 +125,15 @@ Deno.test("cross-rule 1: passthrough rule matching the host of a URL/path rule",
   assert.deepEqual(warnings("https://*.x.com/\nci.x.com passthrough").map((w) => w[2]), [
     "passthrough rule on line 2 covers the host of the url rule on line 1: URL/method filtering will not apply to that host",
   ]);
+  // Wildcard against wildcard, and a short wildcard suffix.
+  assert.deepEqual(
+    warnings("*.x.com passthrough\nhttps://*.x.com/a\n*.com passthrough\nhttps://a.b.com/").map((w) => w[2]),
+    [
+      "passthrough rule on line 1 covers the host of the url rule on line 2: URL/method filtering will not apply to that host",
+      "passthrough rule on line 3 covers the host of the url rule on line 2: URL/method filtering will not apply to that host",
+      "passthrough rule on line 3 covers the host of the url rule on line 4: URL/method filtering will not apply to that host",
+    ],
+  );
   // No overlap, no warning; a passthrough on another host or a non-matching wildcard is fine.
   assert.deepEqual(
     warnings("*.github.com passthrough\nhttps://github.com/\nhttps://gitlab.com/\nhttps://1.2.3.4/"),

@@ -20,14 +20,23 @@ function encode(packet: any): Uint8Array {
 }
 
 function query(name: string, type = "A", extra: Record<string, unknown> = {}): Uint8Array {
-  return encode({ type: "query", id: 0x1234, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name }], ...extra });
+  return encode({
+    type: "query",
+    id: 0x1234,
+    flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ type, name }],
+    ...extra,
+  });
 }
 
 Deno.test("looksLikeDnsQuery: real encoder output, EDNS, responses, other opcodes", () => {
   assert.equal(looksLikeDnsQuery(query("example.com")), true);
-  assert.equal(looksLikeDnsQuery(query("example.com", "AAAA", {
-    additionals: [{ type: "OPT", name: ".", udpPayloadSize: 1232 }],
-  })), true);
+  assert.equal(
+    looksLikeDnsQuery(query("example.com", "AAAA", {
+      additionals: [{ type: "OPT", name: ".", udpPayloadSize: 1232 }],
+    })),
+    true,
+  );
   const response = encode({
     type: "response",
     id: 1,
@@ -70,22 +79,61 @@ Deno.test("readDnsQuestions: names lower-cased, escaped, compression bounded, se
 
   // Two questions, the second compressed against the first.
   const two = new Uint8Array([
-    0, 1, 0x01, 0x00, 0, 2, 0, 0, 0, 0, 0, 0,
-    3, 0x77, 0x77, 0x77, 7, ...new TextEncoder().encode("example"), 3, 0x63, 0x6f, 0x6d, 0, 0, 1, 0, 1,
-    3, 0x61, 0x70, 0x69, 0xc0, 16, 0, 28, 0, 1,
+    0,
+    1,
+    0x01,
+    0x00,
+    0,
+    2,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    3,
+    0x77,
+    0x77,
+    0x77,
+    7,
+    ...new TextEncoder().encode("example"),
+    3,
+    0x63,
+    0x6f,
+    0x6d,
+    0,
+    0,
+    1,
+    0,
+    1,
+    3,
+    0x61,
+    0x70,
+    0x69,
+    0xc0,
+    16,
+    0,
+    28,
+    0,
+    1,
   ]);
   assert.equal(looksLikeDnsQuery(two), true);
   const rt = readDnsQuestions(two);
   assert.equal(rt.kind, "ok");
   if (rt.kind === "ok") {
     assert.equal(rt.questionCount, 2);
-    assert.deepEqual(rt.questions.map((q) => [q.name, q.type]), [["www.example.com", 1], ["api.example.com", 28]]);
+    assert.deepEqual(rt.questions.map((q) => [q.name, q.type]), [["www.example.com", 1], [
+      "api.example.com",
+      28,
+    ]]);
     assert.equal(rt.end, two.length);
   }
   // Root name and odd bytes in labels.
   const root = readDnsQuestions(new Uint8Array([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1]));
   assert.equal(root.kind === "ok" && root.questions[0].name, "");
-  const odd = readDnsQuestions(new Uint8Array([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 0x61, 0x2e, 0x00, 0, 0, 1, 0, 1]));
+  const odd = readDnsQuestions(
+    new Uint8Array([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 0x61, 0x2e, 0x00, 0, 0, 1, 0, 1]),
+  );
   assert.equal(odd.kind === "ok" && odd.questions[0].name, "a\\046\\000");
 
   const bad = (msg: number[], reason: RegExp) => {
@@ -101,7 +149,10 @@ Deno.test("readDnsQuestions: names lower-cased, escaped, compression bounded, se
   bad([...header, 0x40, 0, 0, 1, 0, 1], /label type/);
   bad([...header, 5, 0x61], /truncated label/);
   bad([...header, 1, 0x61, 0, 0, 1], /truncated type/);
-  bad([...header, ...new Array(5).fill([63, ...new Array(63).fill(0x61)]).flat(), 0, 0, 1, 0, 1], /255 octets/);
+  bad(
+    [...header, ...new Array(5).fill([63, ...new Array(63).fill(0x61)]).flat(), 0, 0, 1, 0, 1],
+    /255 octets/,
+  );
   assert.equal(readDnsQuestions(new Uint8Array(5)).kind, "malformed");
   // More questions than are decoded: the count is still reported.
   const many = [0, 1, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, ...new Array(40).fill([1, 0x61, 0, 0, 1, 0, 1]).flat()];
@@ -131,7 +182,9 @@ Deno.test("DNS over TCP: classification and (de)framing across arbitrary chunkin
       const deframer = new DnsTcpDeframer();
       const points = [...new Set([0, ...cuts, stream.length])].sort((a, b) => a - b);
       const messages: Uint8Array[] = [];
-      for (let i = 0; i + 1 < points.length; i++) messages.push(...deframer.push(stream.subarray(points[i], points[i + 1])));
+      for (let i = 0; i + 1 < points.length; i++) {
+        messages.push(...deframer.push(stream.subarray(points[i], points[i + 1])));
+      }
       assert.equal(messages.length, 2);
       assert.deepEqual([...messages[0]], [...q]);
       assert.equal(deframer.pendingBytes, 0);
@@ -147,7 +200,9 @@ testWhen(
   async () => {
     // UDP: a socket on 127.0.0.1 receives dig's datagram; nothing answers, dig gives up.
     const socket = dgram.createSocket("udp4");
-    const received = new Promise<Uint8Array>((resolve) => socket.once("message", (m) => resolve(new Uint8Array(m))));
+    const received = new Promise<Uint8Array>((resolve) =>
+      socket.once("message", (m) => resolve(new Uint8Array(m)))
+    );
     await new Promise<void>((resolve) => socket.bind(0, "127.0.0.1", resolve));
     const port = (socket.address() as AddressInfo).port;
     const dig = (args: string[]) =>
@@ -209,11 +264,14 @@ Deno.test("property: detectors and readers never throw on arbitrary bytes", () =
   // Mutations of a valid query: whenever the detector says yes, the reader agrees.
   const base = query("mutation.example.net", "A", { additionals: [{ type: "OPT", name: "." }] });
   fc.assert(
-    fc.property(fc.array(fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }), (muts) => {
-      const msg = base.slice();
-      for (const [at, v] of muts) msg[at] = v;
-      if (looksLikeDnsQuery(msg)) assert.equal(readDnsQuestions(msg).kind, "ok");
-    }),
+    fc.property(
+      fc.array(fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }),
+      (muts) => {
+        const msg = base.slice();
+        for (const [at, v] of muts) msg[at] = v;
+        if (looksLikeDnsQuery(msg)) assert.equal(readDnsQuestions(msg).kind, "ok");
+      },
+    ),
     { numRuns: 3000 },
   );
 });

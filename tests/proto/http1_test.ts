@@ -73,8 +73,11 @@ Deno.test("request head: origin-form, Host, keep-alive, body framing, head lengt
   // Upgrade without Connection: upgrade is not an upgrade request.
   assert.equal(request("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\n").head.upgrade, undefined);
 
-  assert.equal(request("PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").head
-    .expectContinue, true);
+  assert.equal(
+    request("PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").head
+      .expectContinue,
+    true,
+  );
   // Leading empty lines (after a previous body) are tolerated.
   assert.equal(request("\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n").headLength, 4 + 27);
   // Empty header value and OWS trimming.
@@ -86,8 +89,14 @@ Deno.test("request head: origin-form, Host, keep-alive, body framing, head lengt
 Deno.test("request head: absolute-form, authority-form, asterisk-form targets", () => {
   rejected("GET HTTP://User@Example.com/p HTTP/1.1\r\nHost: example.com\r\n\r\n", /userinfo/);
   rejected("GET http://user:pw@example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", /userinfo/);
-  const ok = request("GET HTTP://Example.com:80/p?q=1#frag HTTP/1.1\r\nHost: example.com\r\n\r\n").head;
-  assert.deepEqual(ok.target, { form: "absolute", scheme: "http", authority: "Example.com:80", path: "/p?q=1#frag" });
+  const ok = request("GET HTTP://Example.com:80/p?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n").head;
+  assert.deepEqual(ok.target, {
+    form: "absolute",
+    scheme: "http",
+    authority: "Example.com:80",
+    path: "/p?q=1",
+  });
+  rejected("GET /p#frag HTTP/1.1\r\nHost: h\r\n\r\n", /invalid character in request target/);
   assert.equal(ok.authority, "Example.com:80");
   const noPath = request("GET https://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n").head;
   assert.deepEqual(noPath.target, { form: "absolute", scheme: "https", authority: "example.com", path: "/" });
@@ -109,14 +118,26 @@ Deno.test("request head: absolute-form, authority-form, asterisk-form targets", 
 
 Deno.test("request head: smuggling vectors and syntax errors are rejected", () => {
   const h = "Host: h\r\n";
-  rejected(`POST / HTTP/1.1\r\n${h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n`, /duplicate Content-Length/);
+  rejected(
+    `POST / HTTP/1.1\r\n${h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n`,
+    /duplicate Content-Length/,
+  );
   rejected(`POST / HTTP/1.1\r\n${h}Content-Length: 5, 5\r\n\r\n`, /duplicate Content-Length/);
-  rejected(`POST / HTTP/1.1\r\n${h}Content-Length: 5\r\nContent-Length: 6\r\n\r\n`, /conflicting Content-Length/);
+  rejected(
+    `POST / HTTP/1.1\r\n${h}Content-Length: 5\r\nContent-Length: 6\r\n\r\n`,
+    /conflicting Content-Length/,
+  );
   rejected(`POST / HTTP/1.1\r\n${h}Content-Length: +5\r\n\r\n`, /invalid Content-Length/);
   rejected(`POST / HTTP/1.1\r\n${h}Content-Length: 0x10\r\n\r\n`, /invalid Content-Length/);
-  rejected(`POST / HTTP/1.1\r\n${h}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n`, /both Transfer-Encoding/);
+  rejected(
+    `POST / HTTP/1.1\r\n${h}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n`,
+    /both Transfer-Encoding/,
+  );
   rejected(`POST / HTTP/1.1\r\n${h}Transfer-Encoding: chunked, gzip\r\n\r\n`, /not the final/);
-  rejected(`POST / HTTP/1.1\r\n${h}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n`, /more than once/);
+  rejected(
+    `POST / HTTP/1.1\r\n${h}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n`,
+    /more than once/,
+  );
   rejected(`POST / HTTP/1.1\r\n${h}Transfer-Encoding: xchunked\r\n\r\n`, /without chunked/);
   rejected(`POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n`, /HTTP\/1\.0/);
   rejected(`GET / HTTP/1.1\r\n${h}X-A: 1\r\n folded\r\n\r\n`, /obsolete line folding/);
@@ -166,25 +187,39 @@ Deno.test("incremental parser: byte-at-a-time feeding finds the same head", () =
 });
 
 Deno.test("response head: framing rules for status, method and headers", () => {
-  assert.deepEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n").body, { kind: "length", length: 10 });
-  assert.deepEqual(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").body, { kind: "chunked" });
+  assert.deepEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n").body, {
+    kind: "length",
+    length: 10,
+  });
+  assert.deepEqual(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").body, {
+    kind: "chunked",
+  });
   const closing = response("HTTP/1.1 200 OK\r\n\r\n");
   assert.deepEqual(closing.body, { kind: "close" });
   assert.equal(closing.keepAlive, false);
   assert.deepEqual(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").body, { kind: "close" });
   assert.deepEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", "HEAD").body, { kind: "none" });
   assert.deepEqual(response("HTTP/1.1 204 No Content\r\n\r\n").body, { kind: "none" });
-  assert.deepEqual(response("HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n").body, { kind: "none" });
+  assert.deepEqual(response("HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n").body, {
+    kind: "none",
+  });
   const cont = response("HTTP/1.1 100 Continue\r\n\r\n");
   assert.equal(cont.interim, true);
   assert.deepEqual(cont.body, { kind: "none" });
-  const up = response("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+  const up = response(
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+  );
   assert.equal(up.interim, false);
   assert.deepEqual(up.body, { kind: "tunnel" });
   assert.equal(up.upgrade, "websocket");
-  assert.deepEqual(response("HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT").body, { kind: "tunnel" });
+  assert.deepEqual(response("HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT").body, {
+    kind: "tunnel",
+  });
   assert.equal(response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keepAlive, false);
-  assert.equal(response("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n").keepAlive, false);
+  assert.equal(
+    response("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n").keepAlive,
+    false,
+  );
   assert.equal(response("HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n").reason, "");
   // Identical duplicate lengths are tolerated in responses (RFC 9112 §6.3), different ones are not.
   assert.deepEqual(response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n").body, {

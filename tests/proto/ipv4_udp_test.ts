@@ -67,7 +67,13 @@ function buildPacket(spec: PacketSpec = {}): Uint8Array {
 }
 
 Deno.test("IPv4/UDP: fields, addresses, ports, payload", () => {
-  const p = buildPacket({ src: "10.1.2.3", dst: "203.0.113.9", srcPort: 5353, dstPort: 8053, payload: [9, 8, 7] });
+  const p = buildPacket({
+    src: "10.1.2.3",
+    dst: "203.0.113.9",
+    srcPort: 5353,
+    dstPort: 8053,
+    payload: [9, 8, 7],
+  });
   const info = parseIpv4Udp(p);
   assert.equal(info.status, "udp");
   assert.equal(info.error, "");
@@ -103,7 +109,10 @@ Deno.test("IPv4/UDP: fields, addresses, ports, payload", () => {
   const padded = buildPacket({ payload: [1, 2, 3, 0, 0], udpLength: 11 });
   assert.equal(parseIpv4Udp(padded).payloadLength, 3);
   // Address extremes stay unsigned.
-  assert.equal(ipv4ToString(parseIpv4Udp(buildPacket({ src: "255.255.255.255" })).srcAddr), "255.255.255.255");
+  assert.equal(
+    ipv4ToString(parseIpv4Udp(buildPacket({ src: "255.255.255.255" })).srcAddr),
+    "255.255.255.255",
+  );
   assert.equal(ipv4FromString("256.1.1.1"), undefined);
   assert.equal(ipv4FromString("01.1.1.1"), undefined);
 });
@@ -184,11 +193,15 @@ Deno.test("property: arbitrary bytes never throw; udp results stay inside the bu
   // Valid packets with random mutations exercise the deeper branches.
   const base = buildPacket({ payload: [1, 2, 3, 4, 5, 6, 7, 8] });
   fc.assert(
-    fc.property(fc.array(fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }), fc.nat(base.length), (muts, cut) => {
-      const p = base.slice(0, cut);
-      for (const [at, v] of muts) if (at < p.length) p[at] = v;
-      check(p);
-    }),
+    fc.property(
+      fc.array(fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }),
+      fc.nat(base.length),
+      (muts, cut) => {
+        const p = base.slice(0, cut);
+        for (const [at, v] of muts) if (at < p.length) p[at] = v;
+        check(p);
+      },
+    ),
     { numRuns: 3000 },
   );
 });

@@ -176,7 +176,15 @@ testWhen(
     let child: Deno.ChildProcess | undefined;
     const bytes = await captureFirstBytes(async (port) => {
       child = new Deno.Command("/usr/bin/openssl", {
-        args: ["s_client", "-connect", `127.0.0.1:${port}`, "-servername", "api.github.com", "-alpn", "http/1.1,h2"],
+        args: [
+          "s_client",
+          "-connect",
+          `127.0.0.1:${port}`,
+          "-servername",
+          "api.github.com",
+          "-alpn",
+          "http/1.1,h2",
+        ],
         stdin: "piped",
         stdout: "null",
         stderr: "null",
@@ -277,7 +285,6 @@ Deno.test("property: arbitrary bytes never throw and results are well-formed", (
       const r = parseClientHello(input);
       if (r.kind === "need_more") assert.ok(r.needed > input.length && r.needed <= MAX_CLIENT_HELLO_BYTES);
       if (r.kind === "malformed") assert.ok(r.reason.length > 0);
-      // deno-lint-ignore no-control-regex
       if (r.kind === "client_hello" && r.sni !== undefined) assert.match(r.sni, /^[a-z0-9._-]+$/);
     }),
     { numRuns: 3000 },
@@ -285,7 +292,11 @@ Deno.test("property: arbitrary bytes never throw and results are well-formed", (
 });
 
 Deno.test("property: mutated and truncated valid hellos never throw; split points never change the result", () => {
-  const message = helloMessage([sniExtension("example.org"), alpnExtension("h2", "http/1.1"), versionsExtension(0x0304)]);
+  const message = helloMessage([
+    sniExtension("example.org"),
+    alpnExtension("h2", "http/1.1"),
+    versionsExtension(0x0304),
+  ]);
   const whole = records(message);
   fc.assert(
     fc.property(

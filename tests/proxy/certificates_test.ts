@@ -31,7 +31,10 @@ Deno.test("CA is created with the spec's name, validity, constraints and file mo
     const from = cert.validity.notBefore.getTime();
     const to = cert.validity.notAfter.getTime();
     // One hour back-dated (second precision in UTCTime), seven days long.
-    assert.ok(Math.abs(from - (before - 3600_000)) < 5_000, `notBefore ${cert.validity.notBefore.toISOString()}`);
+    assert.ok(
+      Math.abs(from - (before - 3600_000)) < 5_000,
+      `notBefore ${cert.validity.notBefore.toISOString()}`,
+    );
     assert.ok(Math.abs(to - from - CA_VALIDITY_MS) < 2_000);
     const basic = cert.getExtension("basicConstraints") as { cA: boolean; critical: boolean };
     assert.equal(basic.cA, true);
@@ -74,7 +77,12 @@ Deno.test("CA is reused across restarts, and replaced when the stored one is unu
 
 async function withOtherKey(): Promise<string> {
   const pair = await crypto.subtle.generateKey(
-    { name: "RSASSA-PKCS1-v1_5", modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" },
+    {
+      name: "RSASSA-PKCS1-v1_5",
+      modulusLength: 2048,
+      publicExponent: new Uint8Array([1, 0, 1]),
+      hash: "SHA-256",
+    },
     true,
     ["sign", "verify"],
   );
@@ -108,10 +116,14 @@ Deno.test("leaves: DNS SAN or IP SAN, shared key, LRU-bounded cache, shared conc
 
     const ip = await certs.leafFor("10.1.2.3");
     assert.equal(new X509Certificate(ip.certPem).subjectAltName, "IP Address:10.1.2.3");
+    const v6 = await certs.leafFor("::1");
+    assert.equal(new X509Certificate(v6.certPem).subjectAltName, "IP Address:::1");
+    const odd = await certs.leafFor("_dmarc.-odd-.example");
+    assert.equal(new X509Certificate(odd.certPem).subjectAltName, "DNS:_dmarc.-odd-.example");
     assert.equal(ip.keyPem, a1.keyPem, "one leaf key per run");
 
     await certs.leafFor("b.example.test");
-    await certs.leafFor("c.example.test"); // evicts a.example.test (least recently used)
+    await certs.leafFor("c.example.test"); // evicts the older entries, a.example.test among them
     assert.equal(certs.cacheSize, 3);
     const before = certs.minted;
     await certs.leafFor("c.example.test");
@@ -138,7 +150,10 @@ testWhen(
         await Deno.writeTextFile(`${dir}/ip.pem`, ip.certPem);
         const run = async (args: string[]) => {
           const out = await new Deno.Command(OPENSSL, { args, stdout: "piped", stderr: "piped" }).output();
-          return { code: out.code, text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr) };
+          return {
+            code: out.code,
+            text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr),
+          };
         };
         const ok = await run([
           "verify",
@@ -151,7 +166,14 @@ testWhen(
           `${dir}/dns.pem`,
         ]);
         assert.equal(ok.code, 0, ok.text);
-        const okIp = await run(["verify", "-CAfile", `${dir}/ca.pem`, "-verify_ip", "192.0.2.7", `${dir}/ip.pem`]);
+        const okIp = await run([
+          "verify",
+          "-CAfile",
+          `${dir}/ca.pem`,
+          "-verify_ip",
+          "192.0.2.7",
+          `${dir}/ip.pem`,
+        ]);
         assert.equal(okIp.code, 0, okIp.text);
         // The checks can fail: a wrong host name is refused.
         const wrong = await run([
