@@ -1,5 +1,6 @@
 // Connection decisions (policy.md §10.7, §12 audit mode, §13). Pure.
 import type { ConnectionEvent, Decision, Rule } from "./types.ts";
+import type { Policy } from "./policy.ts";
 import { DnsCache } from "./dns_cache.ts";
 import {
   type CompiledRule,
@@ -14,9 +15,6 @@ import {
 import { normalizeHostname } from "./hostname.ts";
 
 export type EnforcerOptions = { audit?: boolean; dnsCache?: DnsCache; corroborate?: boolean };
-
-/** What the Enforcer needs of a `Policy`: its flattened rules (built-ins first). */
-export type RuleSource = { readonly rules: readonly Rule[] };
 
 const EVENT_TYPES = new Set(["http", "https", "tcp", "udp", "dns"]);
 
@@ -33,12 +31,12 @@ function describe(error: unknown): string {
 }
 
 export class Enforcer {
-  readonly #policy: RuleSource;
+  readonly #policy: Policy;
   readonly #audit: boolean;
   readonly #corroborate: boolean;
   readonly #dnsCache: DnsCache;
 
-  constructor(policy: RuleSource, options: EnforcerOptions = {}) {
+  constructor(policy: Policy, options: EnforcerOptions = {}) {
     if (policy === null || typeof policy !== "object" || !Array.isArray(policy.rules)) {
       throw new TypeError("Cannot create Enforcer: policy must have a rules array");
     }

@@ -306,6 +306,20 @@ export class EgressCertificates {
     return new EgressCertificates({ keyPath, certPath }, ca, { spki, keyPem, type }, options);
   }
 
+  /**
+   * Deletes the CA key (final shutdown, runner.md §6); ca.pem stays for whoever still trusts it.
+   * Idempotent. Leaves already minted keep working until the process ends.
+   */
+  async deleteCaKey(): Promise<void> {
+    try {
+      await Deno.remove(this.caKeyPath);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) {
+        throw new Error(`Cannot delete ${this.caKeyPath}: ${(error as Error).message}`);
+      }
+    }
+  }
+
   /** CA validity (leaves never outlive it). */
   get caNotAfter(): Date {
     return this.#caCert.validity.notAfter;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Enforcer } from "../../src/policy/enforcer.ts";
+import { Policy } from "../../src/policy/policy.ts";
 import { DnsCache } from "../../src/policy/dns_cache.ts";
 import type { ConnectionEvent, Rule, RuleType } from "../../src/policy/types.ts";
 
@@ -18,7 +19,7 @@ function rule(type: RuleType, target: string, extra: Partial<Rule> = {}): Rule {
   };
 }
 
-const policy = (...rules: Rule[]) => ({ rules });
+const policy = (...rules: Rule[]) => new Policy(rules);
 const IP = "140.82.112.3";
 const tls = (host?: string, extra: Partial<ConnectionEvent> = {}): ConnectionEvent => ({
   type: "https",
@@ -337,14 +338,14 @@ Deno.test("any exception while deciding denies with internal error, never throws
       return [];
     },
   };
-  const flakyDecision = new Enforcer(flaky).decide(tls("a.com"));
+  const flakyDecision = new Enforcer(flaky as unknown as Policy).decide(tls("a.com"));
   assert.deepEqual([flakyDecision.allowed, flakyDecision.reason], [false, "internal error: boom"]);
   const audit = new Enforcer(policy(), { audit: true }).decide(null as unknown as ConnectionEvent);
   assert.deepEqual([audit.allowed, audit.policy], [true, "deny"]);
 });
 
 Deno.test("constructor validates its arguments", () => {
-  assert.throws(() => new Enforcer(null as unknown as { rules: Rule[] }), TypeError);
+  assert.throws(() => new Enforcer(null as unknown as Policy), TypeError);
   assert.throws(() => new Enforcer(policy(), { dnsCache: {} as DnsCache }), TypeError);
 });
 

@@ -5,6 +5,7 @@ import { ipInCidr } from "../../src/policy/ipv4.ts";
 import { urlPathMatches } from "../../src/policy/url_path.ts";
 import { compiledRules, linearMatch } from "../../src/policy/matcher.ts";
 import { Enforcer } from "../../src/policy/enforcer.ts";
+import { Policy } from "../../src/policy/policy.ts";
 import { DnsCache } from "../../src/policy/dns_cache.ts";
 import type { AttrValue, ConnectionEvent, Rule } from "../../src/policy/types.ts";
 
@@ -318,10 +319,15 @@ Deno.test("property: audit mode never blocks and reports the enforce-mode verdic
         const event = events[0];
         const cache = new DnsCache({ now: () => 0 });
         if (cachedName) cache.add(cachedName, [event.dst_ip], 300);
-        const enforce = new Enforcer({ rules }, { dnsCache: cache, corroborate }).decide(event, { mitm });
-        const audit = new Enforcer({ rules }, { dnsCache: cache, corroborate, audit: true }).decide(event, {
+        const enforce = new Enforcer(new Policy(rules), { dnsCache: cache, corroborate }).decide(event, {
           mitm,
         });
+        const audit = new Enforcer(new Policy(rules), { dnsCache: cache, corroborate, audit: true }).decide(
+          event,
+          {
+            mitm,
+          },
+        );
         assert.equal(audit.allowed, true);
         assert.equal(enforce.allowed, enforce.policy === "allow");
         assert.deepEqual({ ...audit, allowed: enforce.allowed }, enforce);
@@ -336,7 +342,7 @@ Deno.test("property: audit mode never blocks and reports the enforce-mode verdic
 Deno.test("property: Enforcer agrees with the generic match for https requests and udp flows", () => {
   fc.assert(
     fc.property(fc.array(ruleArb, { maxLength: 15 }), eventArb, (rules, raw) => {
-      const enforcer = new Enforcer({ rules });
+      const enforcer = new Enforcer(new Policy(rules));
       if (raw.type === "udp") {
         const event = { type: "udp" as const, dst_ip: raw.dst_ip, dst_port: raw.dst_port, exe: raw.exe };
         assert.equal(enforcer.decide(event).index, compiledRules(rules).match(event)?.index);

@@ -72,6 +72,18 @@ Deno.test("CA is reused across restarts, and replaced when the stored one is unu
     const later = new Date(Date.now() + CA_VALIDITY_MS + 3600_000);
     const expired = await EgressCertificates.loadOrCreate(dir, { now: () => later });
     assert.equal(expired.createdCa, true);
+
+    // A widened key mode is narrowed again on reuse.
+    await Deno.chmod(`${dir}/ca-key.pem`, 0o644);
+    const reused = await EgressCertificates.loadOrCreate(dir, { now: () => later });
+    assert.equal(reused.createdCa, false);
+    assert.equal((await Deno.stat(`${dir}/ca-key.pem`)).mode! & 0o777, 0o600);
+
+    // Final shutdown deletes the key (idempotently); the next start creates a new CA.
+    await reused.deleteCaKey();
+    await reused.deleteCaKey();
+    await assert.rejects(() => Deno.stat(`${dir}/ca-key.pem`), Deno.errors.NotFound);
+    assert.equal((await EgressCertificates.loadOrCreate(dir, { now: () => later })).createdCa, true);
   });
 });
 
