@@ -27,6 +27,9 @@ const symbols = {
   // libbpf's print callback hands over a va_list (a pointer on x86_64 and, by reference, aarch64).
   vsnprintf: { parameters: ["buffer", "usize", "pointer", "pointer"], result: "i32" },
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
+  // eventfd wakes a poll() parked on a worker thread (nfqueue consumer close()).
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type LibC = Deno.DynamicLibrary<typeof symbols>["symbols"];
@@ -67,6 +70,11 @@ export const EAGAIN = 11;
 export const EINTR = 4;
 export const ENOENT = 2;
 export const EPERM = 1;
+export const ENOBUFS = 105;
+export const SO_RCVBUF = 8;
+export const SO_RCVBUFFORCE = 33;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
 
 /** errno of the last failing call on this thread; read it right after the call. */
 export function errno(): number {
