@@ -25,7 +25,7 @@ const symbols = {
   nfq_set_queue_maxlen: { parameters: ["pointer", "u32"], result: "i32" },
   nfq_set_queue_flags: { parameters: ["pointer", "u32", "u32"], result: "i32" },
   // Runs the queue callback synchronously, on this thread, once per message in the buffer.
-  nfq_handle_packet: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
+  nfq_handle_packet: { parameters: ["pointer", "pointer", "i32"], result: "i32" },
   nfq_get_msg_packet_hdr: { parameters: ["pointer"], result: "pointer" },
   nfq_get_payload: { parameters: ["pointer", "buffer"], result: "i32" },
   nfq_get_nfmark: { parameters: ["pointer"], result: "u32" },
@@ -92,6 +92,10 @@ function address(pointer: Deno.PointerValue): number {
   return pointer === null ? 0 : Number(Deno.UnsafePointer.value(pointer));
 }
 
+// Set by NfqPacketInfo's static block: lets NfqHandle attach the nfq_data without exposing it.
+let attachPacketData: (info: NfqPacketInfo, nfa: Deno.PointerValue) => void;
+let detachPacketData: (info: NfqPacketInfo) => void;
+
 /**
  * One queued packet's attributes, refilled in place for every packet (never allocate per packet).
  * `payloadBuffer.subarray(payloadOffset, payloadOffset + payloadLength)` is the packet starting at
@@ -106,13 +110,47 @@ export class NfqPacketInfo {
   hwProtocol = 0;
   /** netfilter hook number (NF_INET_LOCAL_OUT = 3, …) */
   hook = 0;
-  mark = 0;
-  inputInterface = 0;
-  outputInterface = 0;
   payloadBuffer: Uint8Array = new Uint8Array(0);
   payloadOffset = 0;
   /** 0 when the message carried no payload */
   payloadLength = 0;
+  // The nfq_data of the packet being handled (null outside the callback). mark and the interfaces
+  // are fetched from it on first read only: three FFI calls are ~10% of the per-packet cost.
+  #nfa: Deno.PointerValue = null;
+  #mark = -1;
+  #inputInterface = -1;
+  #outputInterface = -1;
+
+  static {
+    attachPacketData = (info, nfa) => {
+      info.#nfa = nfa;
+      info.#mark = -1;
+      info.#inputInterface = -1;
+      info.#outputInterface = -1;
+    };
+    // Values already read stay readable; the pointer does not outlive the callback.
+    detachPacketData = (info) => info.#nfa = null;
+  }
+
+  /** the packet's mark when it was queued (0 if read after the handler returned without reading it) */
+  get mark(): number {
+    if (this.#mark < 0) this.#mark = this.#nfa === null ? 0 : nfq().nfq_get_nfmark(this.#nfa);
+    return this.#mark;
+  }
+  /** input interface index (0: none) */
+  get inputInterface(): number {
+    if (this.#inputInterface < 0) {
+      this.#inputInterface = this.#nfa === null ? 0 : nfq().nfq_get_indev(this.#nfa);
+    }
+    return this.#inputInterface;
+  }
+  /** output interface index (0: none) */
+  get outputInterface(): number {
+    if (this.#outputInterface < 0) {
+      this.#outputInterface = this.#nfa === null ? 0 : nfq().nfq_get_outdev(this.#nfa);
+    }
+    return this.#outputInterface;
+  }
 }
 
 export type NfqPacketHandler = (packet: NfqPacketInfo) => void;
@@ -125,7 +163,8 @@ export class NfqHandle {
   #buffer: Uint8Array = new Uint8Array(0);
   #bufferLength = 0;
   #bufferAddress = 0;
-  #bufferView = new DataView(new ArrayBuffer(0));
+  #bufferPointer: Deno.PointerValue = null;
+  #bufferView: DataView = new DataView(new ArrayBuffer(0));
   #lastBuffer: Uint8Array | undefined;
   // Out-parameter of nfq_get_payload (unsigned char **); read as two host-order words.
   readonly #payloadOut = new Uint8Array(8);
@@ -182,6 +221,7 @@ export class NfqHandle {
       } catch {
         // An exception must not unwind through C; the handler above us counts its own errors.
       }
+      detachPacketData(info);
       return 0;
     });
     const queuePointer = nfq().nfq_create_queue(pointer, queueNum, callback.pointer, null);
@@ -196,23 +236,27 @@ export class NfqHandle {
   }
 
   /**
-   * Runs nfq_handle_packet over `buffer[0, length)`: the handler of the addressed queue runs once per
-   * packet message, synchronously, before this returns. Returns the library's result (< 0: parse or
-   * callback failure).
+   * Runs nfq_handle_packet over `buffer[offset, offset + length)`: the handler of the addressed queue
+   * runs once per packet message, synchronously, before this returns. Returns the library's result
+   * (< 0: parse or callback failure, or a netlink error message).
    */
-  handleMessages(buffer: Uint8Array, length: number): number {
+  handleMessages(buffer: Uint8Array, offset: number, length: number): number {
     const pointer = this.#live("handle nfqueue messages");
-    if (length < 0 || length > buffer.length) {
-      throw new RangeError(`Cannot handle nfqueue messages: length ${length} outside the buffer`);
+    if (!(offset >= 0 && length >= 0 && offset + length <= buffer.length)) {
+      throw new RangeError(`Cannot handle nfqueue messages: ${offset}+${length} outside the buffer`);
     }
     if (buffer !== this.#lastBuffer) {
+      // The buffer must stay alive and unmoved while it is in use: the caller keeps one for good.
       this.#lastBuffer = buffer;
-      this.#bufferAddress = address(Deno.UnsafePointer.of(buffer as Uint8Array<ArrayBuffer>));
+      this.#bufferPointer = Deno.UnsafePointer.of(buffer as Uint8Array<ArrayBuffer>);
+      this.#bufferAddress = address(this.#bufferPointer);
       this.#bufferView = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
     }
+    if (this.#bufferPointer === null) return -1;
     this.#buffer = buffer;
-    this.#bufferLength = length;
-    return nfq().nfq_handle_packet(pointer, buffer as Uint8Array<ArrayBuffer>, length);
+    this.#bufferLength = offset + length;
+    const start = offset === 0 ? this.#bufferPointer : Deno.UnsafePointer.offset(this.#bufferPointer, offset);
+    return nfq().nfq_handle_packet(pointer, start, length);
   }
 
   #fill(info: NfqPacketInfo, nfa: Deno.PointerValue): void {
@@ -223,11 +267,9 @@ export class NfqHandle {
     info.payloadBuffer = this.#buffer;
     info.payloadOffset = 0;
     info.payloadLength = 0;
+    attachPacketData(info, nfa);
     if (nfa === null) return;
     const lib = nfq();
-    info.mark = lib.nfq_get_nfmark(nfa);
-    info.inputInterface = lib.nfq_get_indev(nfa);
-    info.outputInterface = lib.nfq_get_outdev(nfa);
 
     // struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; } (packed)
     const header = lib.nfq_get_msg_packet_hdr(nfa);

@@ -10,9 +10,14 @@ export const USAGE = `Usage: egress <command> [options]
 Commands:
   validate     check policy files and the egress policies of workflows
   analyze      replay a connection log against a policy
-  demo         show the policy engine deciding sample connections
+  start        run the daemon in the foreground (root)
+  stop         ask the running daemon to shut down
+  status       show the running daemon's mode and counters
+  demo         live demo in throw-away network namespaces (root; deno task start)
   doctor       check this machine for what egress needs
-  start, stop, status, suggest, permissions, sidecar   (not available yet in this version)
+  suggest      write the tightest policy allowing every connection of a log
+  permissions  the minimal GitHub token permissions the requests of a log needed
+  sidecar      DNS/egress sidecar for sandboxes and Kubernetes pods
 
 Options:
   -h, --help   help (also after a command: egress validate --help)
@@ -26,6 +31,12 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   validate: async () => (await import("./validate.ts")).runValidate,
   analyze: async () => (await import("./analyze.ts")).runAnalyze,
   demo: async () => (await import("./demo.ts")).runDemo,
+  sidecar: async () => (await import("./sidecar.ts")).runSidecar,
+  suggest: async () => (await import("./suggest.ts")).runSuggest,
+  permissions: async () => (await import("./permissions.ts")).runPermissions,
+  start: async () => (await import("./start.ts")).runStart,
+  stop: async () => (await import("./stop.ts")).runStop,
+  status: async () => (await import("./status.ts")).runStatus,
   doctor: async () => {
     try {
       return (await import("./doctor.ts")).runDoctor;
@@ -39,7 +50,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   },
 };
 
-const NOT_YET = new Set(["start", "stop", "status", "suggest", "permissions", "sidecar"]);
+const NOT_YET = new Set<string>([]);
 
 export function version(): string {
   return denoConfig.version;

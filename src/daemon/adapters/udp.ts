@@ -1,0 +1,56 @@
+// The NFQUEUE consumer (src/udp/nfqueue.ts) with the UDP policy handler (src/udp/udp_policy.ts) as
+// a daemon part. The queue has no bypass: while this part is not running, queued UDP is dropped.
+
+import { DEFAULT_MARKS } from "../../netfilter/rules.ts";
+import { isLocalAddress } from "../../kernel/attribution.ts";
+import { ProcReader } from "../../proc/process.ts";
+import type { ProcessInfo } from "../../proc/process_info.ts";
+import { NfqueueConsumer } from "../../udp/nfqueue.ts";
+import { createUdpPacketHandler } from "../../udp/udp_policy.ts";
+import { FlowLogLimiter } from "../../udp/flow_table.ts";
+import type { PartContext, RunningPart } from "../parts.ts";
+import { sharedRendezvous } from "./shared.ts";
+
+/** Synchronous /proc description (the packet handler runs inside the receive loop). */
+function describeSync(reader: ProcReader) {
+  return (pid: number): ProcessInfo | undefined => {
+    const snapshot = reader.read(pid);
+    if (!snapshot) return { pid };
+    const info: ProcessInfo = { pid };
+    if (snapshot.exe !== undefined) info.exe = snapshot.exe;
+    if (snapshot.cmdline !== undefined) info.cmdline = snapshot.cmdline;
+    if (snapshot.cgroup !== undefined) info.cgroup = snapshot.cgroup;
+    return info;
+  };
+}
+
+export function startUdpPart(context: PartContext): Promise<RunningPart> {
+  const handler = createUdpPacketHandler({
+    getEnforcer: () => context.policy.enforcer,
+    getPolicy: () => context.policy.policy,
+    attribution: context.attribution,
+    describe: describeSync(new ProcReader()),
+    rendezvous: sharedRendezvous(context),
+    log: context.connectionLog,
+    oplog: context.oplog,
+    marks: { dns: DEFAULT_MARKS.dns, allowedFlow: DEFAULT_MARKS.allowedFlow },
+    flowLimiter: new FlowLogLimiter(),
+    isLocal: isLocalAddress,
+    audit: context.config.audit,
+  });
+  const consumer = NfqueueConsumer.open({ queueNum: context.config.queueNum, onPacket: handler });
+  consumer.finished.catch((error) => {
+    context.oplog.error(`NFQUEUE consumer stopped: ${(error as Error).message} (queued UDP is dropped)`);
+  });
+  return Promise.resolve({
+    name: "NFQUEUE consumer",
+    close: async () => {
+      await consumer.close();
+    },
+    counters: () => ({
+      allowed: handler.counters.allowed,
+      denied: handler.counters.denied,
+      errors: handler.counters.error + consumer.counters.handlerErrors,
+    }),
+  });
+}

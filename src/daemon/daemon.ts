@@ -1,0 +1,422 @@
+// The single-process egress daemon: the composition root of `egress start` (runner.md §3).
+// Startup: policy (before touching anything) → own cgroup → leftovers of an earlier run → CA →
+// BPF attach to --cgroup → proxy, DNS proxy, NFQUEUE consumer listening → steering + UDP conntrack
+// flush → control socket → ready file. Shutdown (signal, `shutdown`, or a failed startup) runs
+// the teardown by phase: stop accepting, flush the log, remove steering, detach BPF, delete the CA
+// key, remove the socket, leave the cgroup — every step logged, none skipped by another's failure.
+
+import { type Attribution, Attribution as KernelAttribution } from "../kernel/attribution.ts";
+import { loadEgressBpf } from "../kernel/bpf_loader.ts";
+import { cgroup2Mount } from "../kernel/cgroup.ts";
+import { closeConntrack, queryOriginalByReply } from "../kernel/conntrack.ts";
+import { ConnectionLog } from "../log/connection_log.ts";
+import { OperationalLog } from "../log/operational_log.ts";
+import { PolicyError } from "../policy/mod.ts";
+import { describeProcess } from "../proc/process_info.ts";
+import { EgressCertificates } from "../proxy/certificates.ts";
+import { sendControlCommand } from "../control/client.ts";
+import { type ControlAnswer, ControlServer } from "../control/server.ts";
+import { errorLine, okLine, type StatusReply } from "../control/protocol.ts";
+import { type DaemonConfig, instanceName } from "./config.ts";
+import { createConnectionResolver } from "./attribution_wiring.ts";
+import { enterOwnCgroup, leaveOwnCgroup, removeStaleOwnCgroups } from "./own_cgroup.ts";
+import {
+  type Counters,
+  type DaemonParts,
+  loadRealParts,
+  type PartContext,
+  PartMissing,
+  type RunningPart,
+} from "./parts.ts";
+import { formatIssue, parseDaemonPolicy, PolicyState } from "./policy_state.ts";
+import { elapsed, PHASE, Teardown } from "./teardown.ts";
+
+/** Kernel-facing operations, injectable so the order and cleanup can be tested without root. */
+export interface DaemonSystem {
+  enterOwnCgroup(): { path: string; leave(): Promise<void> };
+  removeStaleOwnCgroups(): string[];
+  /** Pinned links of an earlier run of this instance (replaced once the new hooks attach). */
+  countLeftoverPins(instance: string): number;
+  loadBpf(options: { instance: string; cgroup?: string; log: (level: string, message: string) => void }): {
+    attribution?: Attribution;
+    programNames(): string[];
+    close(): void;
+  };
+  resolver(attribution: Attribution | undefined, onError: (message: string) => void): PartContext["resolveConnection"];
+  closeConntrack(): void;
+}
+
+export const realSystem: DaemonSystem = {
+  enterOwnCgroup() {
+    const mount = cgroup2Mount();
+    const own = enterOwnCgroup(mount);
+    return { path: own.cgroup.hierarchyPath, leave: () => leaveOwnCgroup(own, mount) };
+  },
+  removeStaleOwnCgroups: () => removeStaleOwnCgroups(cgroup2Mount()),
+  countLeftoverPins(instance) {
+    try {
+      return [...Deno.readDirSync(`/sys/fs/bpf/egress-${instance}`)].length;
+    } catch {
+      return 0;
+    }
+  },
+  loadBpf(options) {
+    const bpf = loadEgressBpf({
+      instance: options.instance,
+      cgroup: options.cgroup,
+      log: (level, message) => options.log(level, message),
+    });
+    return {
+      attribution: new KernelAttribution(bpf),
+      programNames: () => bpf.programNames(),
+      close: () => bpf.close(),
+    };
+  },
+  resolver: (attribution, onError) =>
+    createConnectionResolver({
+      originalByReply: (reply) => queryOriginalByReply(reply),
+      attribution,
+      describe: describeProcess,
+      onError,
+    }),
+  closeConntrack,
+};
+
+export type DaemonDeps = {
+  parts?: DaemonParts;
+  system?: DaemonSystem;
+  /** Install SIGINT/SIGTERM/SIGHUP listeners (default true). */
+  signals?: boolean;
+  /** Operational log (default: file beside the connection log, and stderr). */
+  oplog?: OperationalLog;
+  /** Called once the daemon is ready; gets a stop function (tests). */
+  onReady?: (stop: () => void) => void;
+};
+
+/** Thrown by a step: startup stops, what was set up is removed, exit 1. */
+class StartupFailed extends Error {}
+
+function socketExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function removeFile(path: string): Promise<boolean> {
+  try {
+    await Deno.remove(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+/** Reads the policy text for reload: the --policy file, or the state-dir copy for stdin. */
+async function readPolicyForReload(config: DaemonConfig): Promise<string> {
+  if (config.policyPath === undefined) return "";
+  const path = config.policyPath === "-" ? `${config.stateDir}/policy.txt` : config.policyPath;
+  return await Deno.readTextFile(path);
+}
+
+/**
+ * Runs the daemon until it is stopped. Returns the exit code: 0 stopped cleanly, 1 startup failed,
+ * invalid policy or a cleanup step failed.
+ */
+export async function runDaemon(
+  config: DaemonConfig,
+  policyText: string,
+  upstreamCaPems: string[],
+  deps: DaemonDeps = {},
+): Promise<number> {
+  const system = deps.system ?? realSystem;
+  const startedAt = performance.now();
+  const mode = config.audit ? "audit" : "enforce";
+
+  // 1. The policy, before anything on the machine is touched.
+  const early = deps.oplog ?? new OperationalLog({ stderr: true });
+  let parsed;
+  try {
+    parsed = parseDaemonPolicy(policyText, { audit: config.audit, repository: config.repository });
+  } catch (error) {
+    if (error instanceof PolicyError) {
+      for (const issue of error.issues) early.error(`policy: ${formatIssue(issue)}`);
+      early.error(`Cannot start egress: the policy has ${error.issues.length} error(s) (enforce mode)`);
+      return 1;
+    }
+    throw error;
+  }
+  for (const issue of parsed.skipped) early.warn(`policy: ${formatIssue(issue)} (line skipped, audit mode)`);
+  for (const issue of parsed.warnings) early.warn(`policy: warning: ${formatIssue(issue)}`);
+
+  // Every piece must be in this build before anything is set up.
+  let parts: DaemonParts;
+  try {
+    parts = deps.parts ?? await loadRealParts();
+  } catch (error) {
+    if (error instanceof PartMissing) {
+      early.error(error.message);
+      return 1;
+    }
+    throw error;
+  }
+
+  // A daemon still answering on the socket owns this setup: never tear down its rules.
+  if (socketExists(config.controlSocket)) {
+    const answered = await sendControlCommand(config.controlSocket, "status", 1000).then(() => true, () => false);
+    if (answered) {
+      early.error(`Cannot start egress: another egress daemon answers on ${config.controlSocket}`);
+      return 1;
+    }
+  }
+
+  let oplog: OperationalLog;
+  try {
+    oplog = deps.oplog ?? new OperationalLog({ path: config.operationalLogPath });
+  } catch (error) {
+    early.error(`Cannot start egress: ${(error as Error).message}`);
+    return 1;
+  }
+  if (oplog !== early) early.close();
+  const policy = new PolicyState(parsed.policy, config.audit);
+  const builtins = parsed.policy.rules.filter((rule) => rule.line === 0).length;
+  oplog.info(`policy loaded: ${parsed.policy.rules.length} rules (${builtins} built-in), ${mode}`);
+
+  const teardown = new Teardown();
+  const running: RunningPart[] = [];
+  let stopReason: string | undefined;
+  let wake: () => void = () => {};
+  const stopped = new Promise<void>((resolve) => (wake = resolve));
+  const requestStop = (reason: string) => {
+    if (stopReason !== undefined) return;
+    stopReason = reason;
+    oplog.info(`stopping: ${reason}`);
+    wake();
+  };
+
+  let reloading = false;
+  const reload = async (): Promise<ControlAnswer> => {
+    if (reloading) return { reply: errorLine("a reload is already in progress") };
+    reloading = true;
+    try {
+      const text = await readPolicyForReload(config);
+      const next = parseDaemonPolicy(text, { audit: config.audit, repository: config.repository });
+      for (const issue of next.skipped) oplog.warn(`reload: policy: ${formatIssue(issue)} (line skipped, audit mode)`);
+      policy.swap(next.policy);
+      if (config.policyPath !== undefined && config.policyPath !== "-") {
+        await Deno.writeTextFile(`${config.stateDir}/policy.txt`, text, { mode: 0o600 });
+      }
+      try {
+        await parts.steering.revokeFastPath();
+      } catch (error) {
+        oplog.error(`reload: Cannot revoke the UDP fast path: ${(error as Error).message}`);
+      }
+      oplog.info(`policy reloaded: ${next.policy.rules.length} rules, ${mode}`);
+      return { reply: okLine(`reloaded ${next.policy.rules.length} rules`) };
+    } catch (error) {
+      const message = error instanceof PolicyError
+        ? error.issues.map(formatIssue).join("; ")
+        : (error as Error).message;
+      oplog.error(`reload refused, the old policy stays: ${message}`);
+      return { reply: errorLine(`policy not reloaded: ${message}`.slice(0, 1000)) };
+    } finally {
+      reloading = false;
+    }
+  };
+
+  const counters = (): Counters => {
+    const sum: Counters = { allowed: 0, denied: 0, dns: 0, errors: 0 };
+    for (const part of running) {
+      const c = part.counters?.() ?? {};
+      sum.allowed += c.allowed ?? 0;
+      sum.denied += c.denied ?? 0;
+      sum.dns += c.dns ?? 0;
+      sum.errors += c.errors ?? 0;
+    }
+    return sum;
+  };
+  const status = (): StatusReply => ({
+    mode,
+    state: "running",
+    rules: policy.policy.rules.length,
+    restarts: 0,
+    counters: counters(),
+  });
+
+  const signalHandlers: Array<[Deno.Signal, () => void]> = [];
+  if (deps.signals ?? true) {
+    signalHandlers.push(["SIGINT", () => requestStop("SIGINT")]);
+    signalHandlers.push(["SIGTERM", () => requestStop("SIGTERM")]);
+    signalHandlers.push(["SIGHUP", () => {
+      oplog.info("SIGHUP: reloading the policy");
+      reload().catch(() => {});
+    }]);
+    for (const [signal, handler] of signalHandlers) Deno.addSignalListener(signal, handler);
+  }
+
+  const step = async <T>(name: string, run: () => Promise<T> | T): Promise<T> => {
+    if (stopReason !== undefined) throw new StartupFailed(`startup interrupted (${stopReason})`);
+    const started = performance.now();
+    try {
+      const result = await run();
+      oplog.info(`startup: ${name}: done in ${elapsed(started)}`);
+      return result;
+    } catch (error) {
+      throw new StartupFailed(`Cannot ${name}: ${(error as Error).message}`);
+    }
+  };
+
+  let exitCode = 0;
+  try {
+    const own = await step("move into egress's own cgroup", () => {
+      const own = system.enterOwnCgroup();
+      teardown.add(PHASE.ownCgroup, `leave and remove cgroup ${own.path}`, () => own.leave());
+      oplog.info(`own cgroup: ${own.path}`);
+      return own;
+    });
+
+    const instance = instanceName(config.stateDir);
+    await step("remove leftovers of an earlier run", async () => {
+      for (const path of system.removeStaleOwnCgroups()) oplog.info(`leftover: removed empty cgroup ${path}`);
+      const chains = await parts.steering.removeLeftovers((message) => oplog.info(`leftover: ${message}`));
+      if (chains > 0) oplog.info(`leftover: removed ${chains} steering chains of an earlier run`);
+      if (await removeFile(config.controlSocket)) oplog.info(`leftover: removed stale socket ${config.controlSocket}`);
+      if (config.readyFile && await removeFile(config.readyFile)) {
+        oplog.info(`leftover: removed stale ready file ${config.readyFile}`);
+      }
+      const pins = system.countLeftoverPins(instance);
+      if (pins > 0) {
+        oplog.info(`leftover: ${pins} pinned BPF links of egress-${instance}: replaced once the new hooks attach`);
+      }
+    });
+
+    const certificates = await step("load or create the CA", async () => {
+      await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+      const certificates = await EgressCertificates.loadOrCreate(config.stateDir);
+      teardown.add(PHASE.caKey, "delete the CA key", () => certificates.deleteCaKey());
+      await Deno.writeTextFile(`${config.stateDir}/policy.txt`, policyText, { mode: 0o600 });
+      oplog.info(`CA ${certificates.createdCa ? "created" : "reused"}: ${certificates.caCertPath}`);
+      return certificates;
+    });
+
+    const bpf = await step(`load BPF and attach to cgroup ${config.cgroup ?? "/"}`, () => {
+      const bpf = system.loadBpf({
+        instance,
+        cgroup: config.cgroup,
+        log: (level, message) => oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "DEBUG", message),
+      });
+      teardown.add(PHASE.bpf, "close the conntrack socket", () => system.closeConntrack());
+      teardown.add(PHASE.bpf, "detach BPF programs and remove their pins", () => bpf.close());
+      oplog.info(`BPF programs attached: ${bpf.programNames().join(", ")}`);
+      return bpf;
+    });
+
+    const connectionLog = await step(`open the connection log ${config.logPath}`, async () => {
+      const log = await ConnectionLog.open({
+        path: config.logPath,
+        reporter: { warn: (m) => oplog.warn(m), error: (m) => oplog.error(m) },
+      });
+      teardown.add(PHASE.connectionLog, "flush and close the connection log", () => log.close());
+      return log;
+    });
+
+    const context: PartContext = {
+      config,
+      policy,
+      connectionLog,
+      oplog,
+      certificates,
+      upstreamCaPems,
+      attribution: bpf.attribution,
+      resolveConnection: system.resolver(bpf.attribution, (message) => oplog.warn(message)),
+      shared: new Map(),
+    };
+    const listen = async (name: string, start: (context: PartContext) => Promise<RunningPart>) => {
+      await step(`start the ${name}`, async () => {
+        const part = await start(context);
+        running.push(part);
+        teardown.add(PHASE.listeners, `stop the ${name}`, () => part.close());
+      });
+    };
+    // DNS first: the proxy hands DNS-over-TCP on other ports to it.
+    await listen(`DNS proxy on port ${config.dnsPort}`, parts.startDns);
+    await listen(`transparent proxy on port ${config.proxyPort}`, parts.startProxy);
+    await listen(`NFQUEUE consumer on queue ${config.queueNum}`, parts.startUdp);
+
+    await step("install packet steering", async () => {
+      // Registered first: a half-applied install is removed as well.
+      teardown.add(PHASE.steering, "remove packet steering", () =>
+        parts.steering.remove((message) => oplog.info(`steering: ${message}`)));
+      await parts.steering.install(
+        {
+          proxyPort: config.proxyPort,
+          dnsPort: config.dnsPort,
+          queueNum: config.queueNum,
+          exemptCgroupPath: own.path,
+        },
+        (message) => oplog.info(`steering: ${message}`),
+      );
+    });
+    await step("flush UDP conntrack entries", () => parts.steering.flushUdpConntrack());
+
+    await step(`open the control socket ${config.controlSocket}`, async () => {
+      const server = await ControlServer.listen({
+        path: config.controlSocket,
+        log: (level, message) => oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
+        handler: (command) => {
+          switch (command) {
+            case "status":
+              return { reply: okLine(JSON.stringify(status())) };
+            case "shutdown":
+              return { reply: okLine("shutting down"), afterReply: () => requestStop("control shutdown") };
+            case "reload":
+              return reload();
+            default:
+              return { reply: errorLine("unknown command") };
+          }
+        },
+      });
+      teardown.add(PHASE.controlAccept, "stop accepting control connections", () => server.close());
+      teardown.add(PHASE.controlFile, `remove the control socket ${config.controlSocket}`, () => server.remove());
+    });
+
+    if (config.readyFile) {
+      const readyFile = config.readyFile;
+      await step(`create the ready file ${readyFile}`, async () => {
+        teardown.add(PHASE.readyFile, `remove the ready file ${readyFile}`, async () => {
+          await removeFile(readyFile);
+        });
+        await Deno.writeTextFile(readyFile, `${Deno.pid}\n`);
+      });
+    }
+    oplog.info(
+      `egress running (${mode}, ${policy.policy.rules.length} rules): interception active after ${elapsed(startedAt)}`,
+    );
+    deps.onReady?.(() => requestStop("stop requested"));
+    await stopped;
+  } catch (error) {
+    if (error instanceof StartupFailed) {
+      if (stopReason === undefined) {
+        oplog.error(`startup failed: ${error.message}`);
+        exitCode = 1;
+      } else {
+        oplog.info(error.message);
+      }
+    } else {
+      oplog.error(`internal error: ${(error as Error).message}`);
+      exitCode = 1;
+    }
+  }
+
+  const cleanupStarted = performance.now();
+  const clean = await teardown.run(oplog);
+  if (!clean) exitCode = 1;
+  for (const [signal, handler] of signalHandlers) Deno.removeSignalListener(signal, handler);
+  oplog.info(`egress stopped${clean ? "" : " (some cleanup steps failed)"}: cleanup took ${elapsed(cleanupStarted)}`);
+  if (!deps.oplog) oplog.close();
+  return exitCode;
+}
+

@@ -1,0 +1,89 @@
+// `egress start` flags (cli.md) → DaemonConfig.
+import assert from "node:assert/strict";
+import { instanceName, parseStartArgs } from "../../src/daemon/config.ts";
+import { CliError } from "../../src/cli/args.ts";
+
+Deno.test("start flags: defaults of cli.md", () => {
+  const config = parseStartArgs([], () => undefined);
+  assert.notEqual(config, "help");
+  if (config === "help") return;
+  assert.equal(config.logPath, "/var/log/egress/connections.jsonl");
+  assert.equal(config.operationalLogPath, "/var/log/egress/egress.log");
+  assert.equal(config.controlSocket, "/run/egress.sock");
+  assert.equal(config.stateDir, "/run/egress");
+  assert.equal(config.proxyPort, 15080);
+  assert.equal(config.dnsPort, 15053);
+  assert.equal(config.queueNum, 15);
+  assert.equal(config.policyPath, undefined);
+  assert.equal(config.audit, false);
+  assert.equal(config.cgroup, undefined);
+});
+
+Deno.test("start flags: every flag, repeatable ones, GITHUB_REPOSITORY", () => {
+  const config = parseStartArgs([
+    "--policy=-",
+    "--audit",
+    "--log",
+    "/tmp/x/c.jsonl",
+    "--cgroup",
+    "/ci-jobs",
+    "--control-socket",
+    "/tmp/s",
+    "--state-dir",
+    "/tmp/st/",
+    "--ready-file",
+    "/tmp/r",
+    "--proxy-port",
+    "1",
+    "--dns-port",
+    "65535",
+    "--queue-num",
+    "0",
+    "--upstream-ca",
+    "a.pem",
+    "--upstream-ca",
+    "b.pem",
+    "--dns-upstream",
+    "10.0.0.1",
+    "--dns-upstream",
+    "10.0.0.2:5353",
+  ], (key) => key === "GITHUB_REPOSITORY" ? "o/r" : undefined);
+  assert.notEqual(config, "help");
+  if (config === "help") return;
+  assert.equal(config.policyPath, "-");
+  assert.equal(config.operationalLogPath, "/tmp/x/egress.log");
+  assert.equal(config.stateDir, "/tmp/st");
+  assert.equal(config.repository, "o/r");
+  assert.deepEqual(config.upstreamCaFiles, ["a.pem", "b.pem"]);
+  assert.deepEqual(config.dnsUpstreams, [{ ip: "10.0.0.1", port: 53 }, { ip: "10.0.0.2", port: 5353 }]);
+  assert.equal(config.proxyPort, 1);
+  assert.equal(config.queueNum, 0);
+});
+
+Deno.test("start flags: later features and bad values are usage errors (exit 2)", () => {
+  for (const argv of [["--runner"], ["--allow-sudo"], ["--package-check"], ["--package-check-url", "x"]]) {
+    assert.throws(() => parseStartArgs(argv), (e: unknown) => e instanceof CliError && e.exitCode === 2 && /not available yet/.test(e.message));
+  }
+  for (
+    const argv of [
+      ["--proxy-port", "0"],
+      ["--proxy-port", "70000"],
+      ["--dns-port", "x"],
+      ["--proxy-port", "5", "--dns-port", "5"],
+      ["--dns-upstream", "host.example"],
+      ["--dns-upstream", "1.2.3.4:0"],
+      ["--repo", "noslash"],
+      ["--bogus"],
+      ["extra"],
+    ]
+  ) {
+    assert.throws(() => parseStartArgs(argv), (e: unknown) => e instanceof CliError && e.exitCode === 2, argv.join(" "));
+  }
+  assert.equal(parseStartArgs(["-h"]), "help");
+});
+
+Deno.test("instance name: stable per state dir, distinct between dirs, valid pin name", () => {
+  assert.equal(instanceName("/run/egress"), instanceName("/run/egress"));
+  assert.notEqual(instanceName("/tmp/a/state"), instanceName("/tmp/b/state"));
+  assert.match(instanceName("/tmp/we ird/$tate"), /^[A-Za-z0-9_.-]+$/);
+});
