@@ -132,6 +132,15 @@ export function buildTableTransaction(spec: TableSpec): string {
       lines.push(`add set ${TABLE} ${setName("dyn", family, shape)} { type ${setType(family, shape)}; flags timeout; }`);
     }
   }
+  if (!spec.recreate) {
+    // `flush table` empties chains only; set elements (static and dynamic) are flushed one by one.
+    for (const family of FAMILIES) {
+      lines.push(`flush set ${TABLE} doh${family}`);
+      for (const shape of SHAPES) {
+        for (const kind of ["allow", "deny", "dyn"] as const) lines.push(`flush set ${TABLE} ${setName(kind, family, shape)}`);
+      }
+    }
+  }
   const policy = spec.defaultAction === "allow" ? "accept" : "drop";
   const chain = `${TABLE} ${FILTER_CHAIN}`;
   lines.push(`add chain ${chain} { type filter hook output priority filter; policy ${policy}; }`);

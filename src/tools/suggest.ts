@@ -112,7 +112,7 @@ export function suggestPolicy(events: readonly LogEvent[], options: SuggestOptio
   });
   for (const finding of replay(entries, check, describeRule)) {
     if (finding.status !== "blocked" || finding.process.cgroup === undefined) continue;
-    const event = entries.find((e) => e.lineNumber === finding.first_line)!.event;
+    const event = entries[finding.first_line - 1].event; // lineNumber = index + 1
     inexpressible.add(`${describe(event)}: ${finding.reason ?? "blocked"}`);
   }
 

@@ -3,7 +3,6 @@
 import {
   Background,
   createTestPki,
-  fileExists,
   mustRun,
   RUN_ID,
   scratchDir,
@@ -130,7 +129,9 @@ export class DaemonRun {
     const process = new Background(egressArgv(topology, "start", args), { env: DENO_ENV });
     const run = new DaemonRun(process, paths, topology);
     try {
-      await process.waitFor("egress start", () => fileExists(paths.ready), 60_000);
+      // The ready file holds the daemon's pid (a stale one from a killed run does not count).
+      const readyPid = () => Deno.readTextFile(paths.ready).then((text) => text.trim() === String(process.pid), () => false);
+      await process.waitFor("egress start", readyPid, 60_000);
       await Deno.writeTextFile(paths.egressCa, await Deno.readTextFile(`${paths.stateDir}/ca.pem`));
       await Deno.chmod(paths.egressCa, 0o644);
     } catch (error) {
