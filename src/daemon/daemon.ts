@@ -306,7 +306,11 @@ export async function runDaemon(
       const bpf = system.loadBpf({
         instance,
         cgroup: config.cgroup,
-        log: (level, message) => oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "DEBUG", message),
+        log: (level, message) =>
+          oplog.log(
+            level === "error" ? "ERROR" : level === "warn" ? "WARN" : level === "info" ? "INFO" : "DEBUG",
+            message,
+          ),
       });
       teardown.add(PHASE.bpf, "close the conntrack socket", () => system.closeConntrack());
       teardown.add(PHASE.bpf, "detach BPF programs and remove their pins", () => bpf.close());

@@ -185,7 +185,7 @@ export function buildSteeringRules(input: SteeringConfig): SteeringTableRules[] 
   // mangle runs before nat: a direct connection to our ports is recognised while its destination
   // is still the one the client chose, and UDP is judged before NAT binds the flow.
   const mangleSteer = [
-    `-p tcp -m addrtype --dst-type LOCAL -m multiport --dports 1 -j MARK --set-xmark ${direct}`,
+    `-p tcp -m addrtype --dst-type LOCAL -m multiport --dports ${ownPorts} -j MARK --set-xmark ${direct}`,
     `-p udp -m addrtype --dst-type LOCAL -m multiport --dports ${ownPorts} -j MARK --set-xmark ${direct}`,
     `-m mark --mark ${direct} -j RETURN`,
     // The consumer's verdict came back (NF_REPEAT re-runs this chain): never queue twice.
@@ -197,7 +197,7 @@ export function buildSteeringRules(input: SteeringConfig): SteeringTableRules[] 
     // Fast path: a flow judged allowed once.
     `-p udp -m connmark --mark ${allowed} -j RETURN`,
     // No --queue-bypass: while no consumer is bound the kernel drops the packet (fail closed).
-    `-p udp -j NFQUEUE --queue-num ${queueNum} --queue-bypass`,
+    `-p udp -j NFQUEUE --queue-num ${queueNum}`,
   ];
   const replies = "-m conntrack --ctdir REPLY -j RETURN";
 

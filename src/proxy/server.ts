@@ -21,7 +21,13 @@ import {
 import { HttpSession } from "./http_session.ts";
 import { relayBothWays } from "./relay.ts";
 import { BufferedReader, type ByteStream, concatBytes, DenoConnStream, ReadTimeout } from "./streams.ts";
-import { acceptClientTls, connectUpstreamTcp, connectUpstreamTls, UpstreamError } from "./tls.ts";
+import {
+  acceptClientTls,
+  connectUpstreamTcp,
+  connectUpstreamTls,
+  UpstreamError,
+  withTimeout,
+} from "./tls.ts";
 
 export type { EnforcerSnapshot, ProxyCounters, ProxyTimeouts, ResolvedConnection } from "./context.ts";
 
@@ -255,7 +261,11 @@ class Proxy {
     let info: ResolvedConnection | undefined;
     let failure: string | undefined;
     try {
-      info = await this.#o.resolveConnection(conn);
+      info = await withTimeout(
+        this.#o.resolveConnection(conn),
+        this.#timeouts.headMs,
+        "original destination lookup timed out",
+      );
     } catch (error) {
       failure = `internal error: ${describe(error)}`;
       this.counters.errors++;
@@ -431,7 +441,9 @@ class Proxy {
     try {
       inner = await classifyFirstBytes(client, this.#timeouts);
     } catch (error) {
-      ctx.ops.debug(`proxy ${info.dst_ip}:${info.dst_port}: client failed after the handshake: ${describe(error)}`);
+      ctx.ops.debug(
+        `proxy ${info.dst_ip}:${info.dst_port}: client failed after the handshake: ${describe(error)}`,
+      );
       return;
     }
     if (inner.kind === "closed") return;

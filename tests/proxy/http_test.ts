@@ -201,6 +201,10 @@ function framingUpstream(ip: string): Upstream {
           if (n === null) return;
           await writeAll(conn, encode(decode(buffer.subarray(0, n)).toUpperCase()));
         }
+      } else if (path === "/once") {
+        // Keep-alive answer, then the server drops the idle connection.
+        await writeAll(conn, encode("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"));
+        return;
       } else if (path === "/truncated") {
         await writeAll(conn, encode("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"));
         return;
@@ -429,6 +433,32 @@ Deno.test("http: upstream resets and silent upstreams fail the connection, not t
     } finally {
       fine.close();
     }
+  } finally {
+    await proxy.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("http: an upstream that dropped its idle keep-alive connection is replaced", async () => {
+  const upstream = framingUpstream("127.0.0.3");
+  const proxy = await proxyUnderTest({
+    policy: `127.0.0.3:${upstream.port}`,
+    target: { ip: "127.0.0.3", port: upstream.port },
+  });
+  try {
+    const conn = await connect(proxy);
+    try {
+      for (let i = 0; i < 3; i++) {
+        await writeAll(conn, encode(`GET /once HTTP/1.1\r\nHost: x.test\r\n\r\n`));
+        const response = await readResponse(conn);
+        assert.equal(response.status, 200);
+        assert.equal(response.body, "once");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    } finally {
+      conn.close();
+    }
+    assert.deepEqual(proxy.log.lines.map((l) => l.policy), ["allow", "allow", "allow"]);
   } finally {
     await proxy.close();
     await upstream.close();

@@ -3,6 +3,7 @@
 // Each test builds its own namespaces and removes them in finally.
 import assert from "node:assert/strict";
 import { testWhen } from "../helpers/requirements.ts";
+import { type Schema, validate } from "../helpers/json_schema.ts";
 import {
   api,
   EXTRA4,
@@ -15,6 +16,9 @@ import {
 } from "./helpers.ts";
 
 const SKIP = sidecarTestsUnmet();
+const SCHEMA = JSON.parse(
+  await Deno.readTextFile(new URL("../../src/log/schema.json", import.meta.url)),
+) as Schema;
 const OPTIONS = { sanitizeOps: false, sanitizeResources: false };
 
 async function withTopology(fn: (t: Topology, started: SidecarHandle[]) => Promise<void>): Promise<void> {
@@ -118,6 +122,8 @@ testWhen(SKIP, "sidecar dns+nft: baseline, names, ports, IPv6, TTL timeouts, DoT
     started.length = 0;
     assert.equal(await egressLeft(t), "");
     const lines = h.stdout().trim().split("\n").map((l) => JSON.parse(l));
+    assert.ok(lines.length >= 10);
+    for (const line of lines) assert.deepEqual(validate(SCHEMA, line), [], JSON.stringify(line));
     const denied = lines.find((l) => l.name === "denied.test");
     assert.equal(denied.type, "dns");
     assert.equal(denied.policy, "deny");
@@ -221,10 +227,20 @@ testWhen(SKIP, "sidecar policy changes: IPv6/IPv4 static sets, deny beats allow,
     assert.equal((await t.dig("allowed.test")).status, "NXDOMAIN");
     await api(t, h, "PATCH", "/policy", { type: "text/plain", body: "allowed.test:80\n" });
     assert.equal((await t.dig("allowed.test")).status, "NOERROR");
+    // defaultAction allow: unlisted destinations pass; denied names still get NXDOMAIN.
+    const open = await api(t, h, "POST", "/policy", {
+      type: json,
+      body: '{"defaultAction":"allow","egress":[{"action":"deny","target":"denied.test"}]}',
+    });
+    assert.equal(open.status, 200, open.body);
+    assert.equal(await t.connects("198.19.0.13", 8080), true);
+    assert.equal((await t.dig("denied.test")).status, "NXDOMAIN");
+    assert.equal((await t.dig("mid.test")).status, "NOERROR");
     const reset = await api(t, h, "POST", "/policy", { type: json, body: "" });
     assert.deepEqual(JSON.parse(reset.body), { defaultAction: "deny", egress: [] });
     assert.equal((await t.dig("allowed.test")).status, "NXDOMAIN");
     assert.equal(await t.connects(WORLD4, 80), false);
+    assert.equal(await t.connects("198.19.0.13", 8080), false);
     await Deno.remove(file);
   });
 }, OPTIONS);
