@@ -30,6 +30,11 @@ const symbols = {
   // eventfd wakes a poll() parked on a worker thread (nfqueue consumer close()).
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // Unix stream server with peer credentials (src/control/peer_server.ts).
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  unlink: { parameters: ["buffer"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type LibC = Deno.DynamicLibrary<typeof symbols>["symbols"];
@@ -75,6 +80,11 @@ export const SO_RCVBUF = 8;
 export const SO_RCVBUFFORCE = 33;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const MSG_NOSIGNAL = 0x4000;
+export const SHUT_WR = 1;
 
 /** errno of the last failing call on this thread; read it right after the call. */
 export function errno(): number {

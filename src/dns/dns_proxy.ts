@@ -161,7 +161,8 @@ export class DnsProxy {
   readonly #oplog: OperationalSink;
   readonly #timeoutMs: number;
   readonly #audit: boolean;
-  #udp: dgram.Socket | undefined;
+  /** Receiving sockets; a reply always leaves through the socket its query arrived on. */
+  #udpSockets: dgram.Socket[] = [];
   #tcp: Deno.Listener | undefined;
   readonly #tcpConnections = new Set<ByteStream>();
   #inFlight = 0;
@@ -184,13 +185,25 @@ export class DnsProxy {
     const hostname = options.hostname ?? "0.0.0.0";
     try {
       if (options.udp !== false) {
-        proxy.#udp = await bindUdp(hostname, options.port, (message, rinfo) => {
-          proxy.#onUdpQuery(message, rinfo);
-        });
+        // A query REDIRECTed in OUTPUT lands on 127.0.0.1, but a wildcard socket would answer from
+        // the address routing picks for the client (e.g. the host's own address), which conntrack
+        // cannot map back: the client would never see the reply. So a wildcard listener also gets a
+        // loopback socket on the same port; forwarded queries (REDIRECTed in PREROUTING to the
+        // interface address) are answered by the wildcard socket from that address.
+        const hosts = hostname === "0.0.0.0" ? ["127.0.0.1", "0.0.0.0"] : [hostname];
+        let port = options.port;
+        for (const host of hosts) {
+          const socket = await bindUdp(host, port, (message, rinfo) => {
+            proxy.#onUdpQuery(socket, message, rinfo);
+          }, hosts.length > 1);
+          proxy.#udpSockets.push(socket);
+          port = socket.address().port;
+        }
       }
       if (options.tcp !== false) {
         // Same port as UDP when one was picked, so `port: 0` gives one port for both.
-        const port = options.port === 0 && proxy.#udp ? proxy.#udp.address().port : options.port;
+        const udp = proxy.#udpSockets[0];
+        const port = options.port === 0 && udp ? udp.address().port : options.port;
         proxy.#tcp = Deno.listen({ hostname, port, transport: "tcp" });
         proxy.#acceptLoop(proxy.#tcp);
       }
@@ -203,7 +216,8 @@ export class DnsProxy {
 
   /** The UDP port (or the TCP one when UDP is off). */
   get port(): number {
-    if (this.#udp) return this.#udp.address().port;
+    const udp = this.#udpSockets[0];
+    if (udp) return udp.address().port;
     const address = this.#tcp?.addr as Deno.NetAddr | undefined;
     return address?.port ?? 0;
   }
@@ -212,9 +226,9 @@ export class DnsProxy {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const udp = this.#udp;
-    this.#udp = undefined;
-    if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));
+    const sockets = this.#udpSockets;
+    this.#udpSockets = [];
+    await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => socket.close(() => resolve()))));
     try {
       this.#tcp?.close();
     } catch {
@@ -232,7 +246,7 @@ export class DnsProxy {
 
   // ------------------------------------------------------------------ UDP
 
-  #onUdpQuery(message: Buffer, rinfo: dgram.RemoteInfo): void {
+  #onUdpQuery(socket: dgram.Socket, message: Buffer, rinfo: dgram.RemoteInfo): void {
     if (this.#inFlight >= MAX_IN_FLIGHT) {
       this.#noteDrop(`too many queries in flight (${MAX_IN_FLIGHT})`);
       return;
@@ -240,18 +254,17 @@ export class DnsProxy {
     this.#inFlight++;
     const query = new Uint8Array(message.buffer, message.byteOffset, message.byteLength);
     const client = { ip: normalizeIpv4(rinfo.address), port: rinfo.port };
-    this.#answerUdp(query, client).finally(() => this.#inFlight--);
+    this.#answerUdp(socket, query, client).finally(() => this.#inFlight--);
   }
 
-  async #answerUdp(query: Uint8Array, client: UdpClient): Promise<void> {
+  async #answerUdp(socket: dgram.Socket, query: Uint8Array, client: UdpClient): Promise<void> {
     try {
       const outcome = await this.#judge(
         query,
         "udp",
         async (id, name) => await this.#udpOrigin(client, id, name),
       );
-      const socket = this.#udp;
-      if (outcome.response && socket) {
+      if (outcome.response && !this.#closed) {
         socket.send(outcome.response, client.port, client.ip, (error) => {
           if (error) {
             this.#oplog.warn(`Cannot answer DNS client ${client.ip}:${client.port}: ${error.message}`);
@@ -549,9 +562,10 @@ function bindUdp(
   hostname: string,
   port: number,
   onMessage: (message: Buffer, rinfo: dgram.RemoteInfo) => void,
+  reuseAddr: boolean,
 ): Promise<dgram.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket({ type: "udp4" });
+    const socket = dgram.createSocket({ type: "udp4", reuseAddr });
     const fail = (error: Error) => {
       try {
         socket.close();

@@ -197,7 +197,9 @@ export class HttpSession {
     }
 
     let upstream: Upstream;
+    let reused: boolean;
     try {
+      reused = this.#reusable(authority);
       upstream = await this.#upstreamFor(authority);
     } catch (error) {
       const kind = error instanceof UpstreamError ? error.kind : "upstream_unreachable";
@@ -212,7 +214,31 @@ export class HttpSession {
       return "close";
     }
     ctx.logLine(logBase, judgement);
-    return await this.#forward(head, raw, upstream);
+    // A reused connection the server closed just now gets one fresh try (only without a body:
+    // nothing of the request was consumed from the client yet).
+    const retryable = reused && head.body.kind === "none";
+    const outcome = await this.#forward(head, raw, upstream, retryable);
+    if (outcome !== "retry") return outcome;
+    this.#closeUpstream();
+    try {
+      upstream = await this.#upstreamFor(authority);
+    } catch (error) {
+      ctx.ops.warn(`proxy: ${error instanceof Error ? error.message : error}`);
+      await this.#client.stream.write(
+        simpleResponse(502, "Bad Gateway", "Cannot reach upstream", {
+          close: true,
+          head: head.method === "HEAD",
+        }),
+      ).catch(() => {});
+      return "close";
+    }
+    const again = await this.#forward(head, raw, upstream, false);
+    return again === "retry" ? "close" : again;
+  }
+
+  #reusable(authority: string): boolean {
+    const current = this.#upstream;
+    return current !== undefined && current.key === authority.toLowerCase() && !current.reader.ended;
   }
 
   /** Host the request is for: the head's authority, else the SNI, else the original IP. */
@@ -237,7 +263,7 @@ export class HttpSession {
   async #upstreamFor(authority: string): Promise<Upstream> {
     const key = authority.toLowerCase();
     const current = this.#upstream;
-    if (current && current.key === key && !current.reader.ended) return current;
+    if (current && this.#reusable(authority)) return current;
     this.#closeUpstream();
     const stream = await this.#o.connectUpstream(hostOf(authority));
     const upstream = { key, reader: new BufferedReader(stream) };
@@ -299,10 +325,20 @@ export class HttpSession {
     }
   }
 
-  async #forward(head: RequestHead, raw: Uint8Array, upstream: Upstream): Promise<Exchange> {
+  async #forward(
+    head: RequestHead,
+    raw: Uint8Array,
+    upstream: Upstream,
+    retryable: boolean,
+  ): Promise<Exchange | "retry"> {
     const client = this.#client;
     const upstreamStream = upstream.reader.stream;
-    await upstreamStream.write(raw);
+    try {
+      await upstreamStream.write(raw);
+    } catch (error) {
+      if (retryable) return "retry";
+      throw error;
+    }
     let bodyDone = false;
     let bodyError: unknown;
     const bodyPump = this.#copyRequestBody(head, upstreamStream).then(
@@ -313,7 +349,8 @@ export class HttpSession {
         upstreamStream.close();
       },
     );
-    const outcome = await this.#relayResponse(head, upstream);
+    const outcome = await this.#relayResponse(head, upstream, retryable);
+    if (outcome === "retry") return "retry";
     if (outcome === "tunnel") {
       await bodyPump;
       if (bodyError) return "close";
@@ -370,7 +407,11 @@ export class HttpSession {
   }
 
   /** Reads response heads (1xx first) and streams the final response to the client. */
-  async #relayResponse(head: RequestHead, upstream: Upstream): Promise<Exchange> {
+  async #relayResponse(
+    head: RequestHead,
+    upstream: Upstream,
+    retryable: boolean,
+  ): Promise<Exchange | "retry"> {
     const reader = upstream.reader;
     const client = this.#client.stream;
     const ms = this.#ctx.timeouts.upstreamIdleMs;
@@ -380,7 +421,16 @@ export class HttpSession {
         let buffer: Uint8Array = new Uint8Array(0);
         let response: { head: ResponseHead; headLength: number } | undefined;
         while (!response) {
-          const chunk = await timedRead(reader, ms, "upstream response");
+          let chunk: Uint8Array | null;
+          try {
+            chunk = await timedRead(reader, ms, "upstream response");
+          } catch (error) {
+            if (retryable && !sentAnything && buffer.length === 0 && !(error instanceof TimeoutError)) {
+              return "retry";
+            }
+            throw error;
+          }
+          if (chunk === null && retryable && !sentAnything && buffer.length === 0) return "retry";
           if (chunk === null) throw new Error("upstream closed before a complete response head");
           buffer = concatBytes(buffer, chunk);
           const parsed = parseResponseHead(buffer, head.method);

@@ -19,7 +19,7 @@ import {
   type ResolvedConnection,
 } from "./context.ts";
 import { HttpSession } from "./http_session.ts";
-import { relayBothWays } from "./relay.ts";
+import { relayBothWays, type RelayResult } from "./relay.ts";
 import { BufferedReader, type ByteStream, concatBytes, DenoConnStream, ReadTimeout } from "./streams.ts";
 import {
   acceptClientTls,
@@ -360,7 +360,7 @@ class Proxy {
     }
     closers.add(upstream);
     ctx.logLine(line, judgement);
-    await relayBothWays(client, new BufferedReader(upstream));
+    relayEnded(ctx, await relayBothWays(client, new BufferedReader(upstream)));
   }
 
   async #plainHttp(ctx: ConnectionContext, client: BufferedReader, closers: Set<{ close(): void }>) {
@@ -405,7 +405,7 @@ class Proxy {
       }
       closers.add(upstream);
       ctx.logLine({ ...stage, passthrough: true }, judgement);
-      await relayBothWays(client, new BufferedReader(upstream));
+      relayEnded(ctx, await relayBothWays(client, new BufferedReader(upstream)));
       return;
     }
 
@@ -467,6 +467,14 @@ class Proxy {
     // TLS carrying something other than HTTP/1.x: judged as raw TCP after the handshake.
     await this.#rawTcp(ctx, client, () => this.#tlsUpstream(info, sni ?? info.dst_ip, insecure), closers);
   }
+}
+
+function relayEnded(ctx: ConnectionContext, result: RelayResult): void {
+  const { dst_ip, dst_port } = ctx.info;
+  const how = result.error ? `failed: ${result.error}` : "ended";
+  ctx.ops.debug(
+    `proxy ${dst_ip}:${dst_port}: relay ${how} (${result.toUpstream} bytes up, ${result.toClient} down)`,
+  );
 }
 
 function errorKind(error: unknown): "upstream_unreachable" | "upstream_tls_failed" {

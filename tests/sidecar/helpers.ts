@@ -156,10 +156,10 @@ export class Topology {
     return { status, addresses };
   }
 
-  /** TCP connect from the app within 2 s; true when the peer's "ok" banner arrived. */
+  /** TCP connect from the app within 1.5 s; true when the peer's "ok" banner arrived. */
   async connects(address: string, port: number): Promise<boolean> {
     const host = address.includes(":") ? `[${address}]` : address;
-    const r = await this.app(["curl", "-s", "--max-time", "2", "-o", "/dev/null", "-w", "%{http_code}", `http://${host}:${port}/`]);
+    const r = await this.app(["curl", "-s", "--max-time", "1.5", "-o", "/dev/null", "-w", "%{http_code}", `http://${host}:${port}/`]);
     // the banner peers answer "ok\n" (HTTP/0.9 to curl: exit 1 or 8 with output); HTTP peers 200
     if (port === 80) return r.stdout.trim() === "200";
     return r.code !== 28 && r.code !== 7 && (r.code === 0 || r.code === 1 || r.code === 8 || r.code === 56);

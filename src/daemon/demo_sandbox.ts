@@ -1,0 +1,156 @@
+// The throw-away sandbox `egress demo` runs in: two network namespaces joined by a veth pair with
+// 10.240.x.y/30 addresses that exist only inside them, and a cgroup for the demo's clients. Every
+// piece is registered for removal the moment it exists, and remove() undoes all of it (also after
+// a failure half-way). Nothing of the machine's own network, firewall or cgroups is changed.
+
+import { type CgroupPath, createCgroup, removeCgroup } from "../kernel/cgroup.ts";
+
+export type CommandResult = { code: number; stdout: string; stderr: string };
+
+export async function runCommand(
+  argv: string[],
+  options: { stdin?: string; timeoutMs?: number } = {},
+): Promise<CommandResult> {
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(options.stdin));
+    await writer.close();
+  }
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // exited
+    }
+  }, options.timeoutMs ?? 15_000);
+  try {
+    const output = await child.output();
+    const decoder = new TextDecoder();
+    return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function mustRun(argv: string[]): Promise<string> {
+  const result = await runCommand(argv);
+  if (result.code !== 0) {
+    throw new Error(`Cannot run ${argv.join(" ")}: ${result.stderr.trim() || `exit code ${result.code}`}`);
+  }
+  return result.stdout;
+}
+
+export class DemoSandbox {
+  readonly prefix: string;
+  readonly runnerNetns: string;
+  readonly internetNetns: string;
+  readonly runnerIp: string;
+  readonly internetIp: string;
+  cgroup: CgroupPath | undefined;
+  readonly #undo: Array<{ what: string; run: () => Promise<void> }> = [];
+
+  constructor() {
+    this.prefix = `egdemo${(Deno.pid % 1296).toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
+    this.runnerNetns = `${this.prefix}-run`;
+    this.internetNetns = `${this.prefix}-net`;
+    const third = Math.floor(Math.random() * 256);
+    const base = Math.floor(Math.random() * 64) * 4;
+    this.runnerIp = `10.240.${third}.${base + 1}`;
+    this.internetIp = `10.240.${third}.${base + 2}`;
+  }
+
+  /** argv prefix that runs a command inside a namespace, keeping /sys (and so the cgroup tree). */
+  inNetns(name: string): string[] {
+    return ["nsenter", `--net=/run/netns/${name}`];
+  }
+
+  async create(): Promise<void> {
+    for (const name of [this.runnerNetns, this.internetNetns]) {
+      await mustRun(["ip", "netns", "add", name]);
+      this.#undo.push({ what: `network namespace ${name}`, run: () => mustRun(["ip", "netns", "del", name]).then(() => {}) });
+      await mustRun([...this.inNetns(name), "ip", "link", "set", "lo", "up"]);
+    }
+    const a = `${this.prefix}a`, b = `${this.prefix}b`;
+    // Created inside the runner namespace and one end moved: the host never sees either end.
+    await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+    await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "set", b, "netns", `/run/netns/${this.internetNetns}`]);
+    await mustRun([...this.inNetns(this.runnerNetns), "ip", "addr", "add", `${this.runnerIp}/30`, "dev", a]);
+    await mustRun([...this.inNetns(this.internetNetns), "ip", "addr", "add", `${this.internetIp}/30`, "dev", b]);
+    await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "set", a, "up"]);
+    await mustRun([...this.inNetns(this.internetNetns), "ip", "link", "set", b, "up"]);
+    const cgroup = createCgroup(`/${this.prefix}-clients`);
+    this.cgroup = cgroup;
+    this.#undo.push({ what: `cgroup ${cgroup.hierarchyPath}`, run: () => removeCgroup(cgroup) });
+  }
+
+  /** Registers an extra cleanup action (run before the namespaces go). */
+  onRemove(what: string, run: () => Promise<void>): void {
+    this.#undo.push({ what, run });
+  }
+
+  /** Undoes everything in reverse order; returns what could not be removed. */
+  async remove(): Promise<string[]> {
+    const failures: string[] = [];
+    while (this.#undo.length > 0) {
+      const step = this.#undo.pop()!;
+      try {
+        await step.run();
+      } catch (error) {
+        failures.push(`${step.what}: ${(error as Error).message}`);
+      }
+    }
+    return failures;
+  }
+
+  /** Runs a client: joins the demo cgroup, enters the runner namespace, drops to nobody. */
+  client(argv: string[], timeoutMs = 8000): Promise<CommandResult> {
+    const script = 'echo $$ > "$1/cgroup.procs" || exit 99; ns=$2; shift 2; exec nsenter --net="$ns" "$@"';
+    return runCommand([
+      "sh",
+      "-c",
+      script,
+      "sh",
+      this.cgroup!.fsPath,
+      `/run/netns/${this.runnerNetns}`,
+      "setpriv",
+      "--reuid",
+      "65534",
+      "--regid",
+      "65534",
+      "--clear-groups",
+      ...argv,
+    ], { timeoutMs });
+  }
+}
+
+/** A throw-away CA and one server certificate for the demo names (openssl, EC keys). */
+export async function demoCertificates(dir: string, names: string[]): Promise<{ caPath: string; certPem: string; keyPem: string }> {
+  const o = (args: string[]) => mustRun(["openssl", ...args]);
+  await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/ca.key`]);
+  await o([
+    "req", "-x509", "-new", "-key", `${dir}/ca.key`, "-subj", "/CN=egress demo internet CA", "-days", "1",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    "-out", `${dir}/ca.pem`,
+  ]);
+  await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/server.key`]);
+  await o(["req", "-new", "-key", `${dir}/server.key`, "-subj", `/CN=${names[0]}`, "-out", `${dir}/server.csr`]);
+  await Deno.writeTextFile(
+    `${dir}/server.ext`,
+    `subjectAltName=${names.map((name) => `DNS:${name}`).join(",")}\nextendedKeyUsage=serverAuth\n`,
+  );
+  await o([
+    "x509", "-req", "-in", `${dir}/server.csr`, "-CA", `${dir}/ca.pem`, "-CAkey", `${dir}/ca.key`,
+    "-CAcreateserial", "-days", "1", "-extfile", `${dir}/server.ext`, "-out", `${dir}/server.pem`,
+  ]);
+  return {
+    caPath: `${dir}/ca.pem`,
+    certPem: await Deno.readTextFile(`${dir}/server.pem`),
+    keyPem: await mustRun(["openssl", "pkey", "-in", `${dir}/server.key`]),
+  };
+}
