@@ -176,7 +176,11 @@ export function formatConnectionLine(
         break;
       case "host":
         if (typeof value === "string" && value.length > 0) json = JSON.stringify(scrubber.text(value));
-        else if (event.type === "https" && typeof event.error === "string" && event.error.length > 0) {
+        else if (
+          event.type === "https" && event.url === undefined && typeof event.error === "string" &&
+          event.error.length > 0
+        ) {
+          // Only the TLS-stage error line (no request, so no url) says "no SNI" with null.
           json = "null";
         }
         break;

@@ -95,6 +95,19 @@ Deno.test("formatConnectionLine: absent, empty and false fields are omitted; hos
     formatConnectionLine({ ts: TS, type: "https", policy: "deny", reason: "x" }),
   );
   assert.equal("host" in noErrorNoSni, false);
+  // A request line with an upstream error is not a TLS-stage line: no host at all.
+  const requestError = JSON.parse(formatConnectionLine({
+    ts: TS,
+    type: "https",
+    dst_ip: "1.2.3.4",
+    dst_port: 443,
+    src_port: 1,
+    url: "https://a.example/x",
+    method: "GET",
+    policy: "allow",
+    error: "upstream_tls_failed",
+  }));
+  assert.equal("host" in requestError, false);
   // Unknown destination defaults.
   assert.equal(noErrorNoSni.dst_ip, "unknown");
   assert.equal(noErrorNoSni.dst_port, 0);
