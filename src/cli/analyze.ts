@@ -1,18 +1,23 @@
 // `egress analyze` (cli.md §analyze): replay a connection log against a policy in enforce mode
 // and list what it would block, allow and what failed, deduplicated.
 
-import { DnsCache, Enforcer, parsePolicy, PolicyError, validatePolicy } from "../policy/mod.ts";
+import { parsePolicy, PolicyError, validatePolicy } from "../policy/mod.ts";
 import { ruleSourceText as policyRuleText } from "../policy/policy.ts";
 import type { Policy } from "../policy/policy.ts";
-import type { ConnectionEvent, Decision, PolicyIssue } from "../policy/types.ts";
+import type { PolicyIssue } from "../policy/types.ts";
+import { libraryOptions, PROCESS_FIELDS, replay } from "../tools/replay.ts";
+import type { Finding } from "../tools/replay.ts";
 import { CliError, parseArgs, UsageError } from "./args.ts";
 import { readConnectionLog } from "./connection_log.ts";
-import type { LogEntry, LogEvent } from "./connection_log.ts";
 import { splitPolicyLines } from "./policy_text.ts";
 import { formatIssue } from "./report.ts";
 import { resolveRepository } from "./repository.ts";
-import { libraryOptions, loadPolicyFile, sourceIssue } from "./sources.ts";
+import { loadPolicyFile, sourceIssue } from "./sources.ts";
 import type { PolicySource } from "./sources.ts";
+
+// The replay itself is pure and shared with `egress suggest`.
+export { dedupKey, replay, toConnectionEvent } from "../tools/replay.ts";
+export type { Finding, Status } from "../tools/replay.ts";
 
 export const ANALYZE_USAGE = `Usage: egress analyze [POLICY|WORKFLOW] --log FILE [options]
 
@@ -42,33 +47,6 @@ const FLAGS = {
   action: { kind: "string" },
   help: { kind: "boolean", short: "h" },
 } as const;
-
-/** Never expires: a log replay has no clock, every recorded resolution stays valid. */
-const FOREVER_SECONDS = 100 * 365 * 24 * 3600;
-
-const PROCESS_FIELDS = ["exe", "cgroup", "image", "step", "action", "cmdline"] as const;
-
-export type Status = "blocked" | "allowed" | "failed";
-
-/** One unique connection of the log with its verdict. */
-export type Finding = {
-  status: Status;
-  type: LogEvent["type"];
-  destination: string;
-  /** Destination IP of the first occurrence. */
-  dst_ip?: string;
-  process: Partial<Pick<LogEvent, (typeof PROCESS_FIELDS)[number]>>;
-  count: number;
-  /** Log line of the first occurrence. */
-  first_line: number;
-  /** Deny reason, or the `error` of a failed line. */
-  reason?: string;
-  /** Source text of the allowing rule and its policy line (0 = built-in). */
-  rule?: string;
-  rule_line?: number;
-  /** Workflow step label of the allowing rule. */
-  rule_location?: string;
-};
 
 /** Where each line of the combined policy text came from. */
 type LineOrigin = { source: number; line: number } | undefined;
@@ -175,164 +153,6 @@ export async function runAnalyze(argv: string[]): Promise<number> {
     );
   }
   return blocked.length > 0 || policyErrors > 0 ? 1 : 0;
-}
-
-/**
- * Judges every connection line in enforce mode and groups them by dedup key (and verdict, since
- * lines with one key may differ in what decides them, e.g. the destination IP of a `tcp` line).
- * Order: first appearance.
- */
-export function replay(
-  entries: LogEntry[],
-  policy: Policy,
-  describe: (index: number) => { rule: string; line: number; location?: string },
-): Finding[] {
-  const cache = new DnsCache({
-    capacity: 1_000_000,
-    minTtl: FOREVER_SECONDS,
-    maxTtl: FOREVER_SECONDS,
-    now: () => 0,
-  });
-  for (const { event } of entries) feedCache(cache, event);
-  const enforcer = new Enforcer(policy, { dnsCache: cache });
-
-  const groups = new Map<string, Finding>();
-  for (const { lineNumber, event } of entries) {
-    if (event.type === "dns_response" || event.type === "sudo") continue;
-    let status: Status;
-    let decision: Decision | undefined;
-    if (event.error !== undefined) status = "failed";
-    else {
-      const { connection, mitm } = toConnectionEvent(event);
-      decision = enforcer.decide(connection, { mitm });
-      status = decision.allowed ? "allowed" : "blocked";
-    }
-    const key = `${status}\u0000${dedupKey(event)}`;
-    const existing = groups.get(key);
-    if (existing !== undefined) {
-      existing.count++;
-      continue;
-    }
-    const finding: Finding = {
-      status,
-      type: event.type,
-      destination: destinationOf(event),
-      ...(event.dst_ip !== undefined ? { dst_ip: event.dst_ip } : {}),
-      process: processOf(event),
-      count: 1,
-      first_line: lineNumber,
-    };
-    if (status === "failed") finding.reason = event.error;
-    else if (status === "blocked") finding.reason = decision!.reason;
-    else if (decision!.index !== undefined) {
-      const d = describe(decision!.index);
-      finding.rule = d.rule;
-      finding.rule_line = d.line;
-      if (d.location !== undefined) finding.rule_location = d.location;
-    }
-    groups.set(key, finding);
-  }
-  return [...groups.values()];
-}
-
-/** dns_response answers, and certificate-verified request lines (dst_ip ↔ URL host). */
-function feedCache(cache: DnsCache, event: LogEvent) {
-  if (event.type === "dns_response" && event.name !== undefined && event.answers !== undefined) {
-    if (event.answers.length > 0) cache.add(event.name, event.answers, FOREVER_SECONDS);
-    return;
-  }
-  if (
-    event.type === "https" && event.url !== undefined && event.insecure !== true &&
-    event.error === undefined &&
-    event.dst_ip !== undefined
-  ) {
-    const host = urlHost(event.url);
-    if (host !== undefined && !/^\d+\.\d+\.\d+\.\d+$/.test(host) && !host.startsWith("[")) {
-      cache.add(host, [event.dst_ip], FOREVER_SECONDS);
-    }
-  }
-}
-
-/** The event the enforcer judges, as cli.md §analyze step 6 says. */
-export function toConnectionEvent(e: LogEvent): { connection: ConnectionEvent; mitm: boolean } {
-  const base: ConnectionEvent = { type: "tcp", dst_ip: e.dst_ip ?? "unknown", dst_port: e.dst_port ?? 0 };
-  for (const key of PROCESS_FIELDS) {
-    if (e[key] !== undefined) (base as Record<string, unknown>)[key] = e[key];
-  }
-  if (e.url !== undefined && (e.type === "http" || e.type === "https")) {
-    // Requests on an insecure connection were judged as plain HTTP (policy.md §10.7).
-    base.type = e.type === "https" && e.insecure === true ? "http" : e.type;
-    base.url = e.url;
-    if (e.method !== undefined) base.method = e.method;
-    if (typeof e.host === "string") base.host = e.host;
-    return { connection: base, mitm: false };
-  }
-  switch (e.type) {
-    case "https":
-    case "http":
-      base.type = e.type;
-      if (typeof e.host === "string" && e.host !== "") base.host = e.host;
-      break;
-    case "dns":
-      base.type = "dns";
-      if (e.name !== undefined) base.name = e.name;
-      break;
-    case "udp":
-      base.type = "udp";
-      break;
-    default:
-      base.type = "tcp"; // names come from the DNS cache, not from the logged host
-  }
-  return { connection: base, mitm: false };
-}
-
-/** cli.md §analyze step 4, plus the process fields. */
-export function dedupKey(e: LogEvent): string {
-  let target: unknown[];
-  if ((e.type === "http" || e.type === "https") && e.url !== undefined) {
-    target = [e.type, (e.method ?? "GET").toUpperCase(), stripQuery(e.url)];
-  } else if (e.type === "https" || e.type === "http") target = [e.type, e.host ?? e.dst_ip, e.dst_port];
-  else if (e.type === "dns") target = [e.type, e.name, e.dst_ip, e.dst_port];
-  else if (e.type === "tcp") target = [e.type, e.host ?? e.dst_ip, e.dst_port];
-  else target = [e.type, e.dst_ip, e.dst_port];
-  return JSON.stringify([...target, ...PROCESS_FIELDS.map((k) => e[k] ?? null)]);
-}
-
-function destinationOf(e: LogEvent): string {
-  if (e.url !== undefined) return `${(e.method ?? "GET").toUpperCase()} ${stripQuery(e.url)}`;
-  switch (e.type) {
-    case "dns":
-      return `dns ${e.name} via ${e.dst_ip}:${e.dst_port}`;
-    case "udp":
-      return `udp ${e.dst_ip}:${e.dst_port}`;
-    case "tcp":
-      // The logged name is what the daemon's cache said; the replay judges the IP, so show both.
-      return typeof e.host === "string" && e.host !== ""
-        ? `tcp ${e.host}:${e.dst_port} (${e.dst_ip})`
-        : `tcp ${e.dst_ip}:${e.dst_port}`;
-    default:
-      return `${e.type} ${typeof e.host === "string" && e.host !== "" ? e.host : e.dst_ip}:${e.dst_port}`;
-  }
-}
-
-function processOf(e: LogEvent): Finding["process"] {
-  const out: Record<string, unknown> = {};
-  for (const key of PROCESS_FIELDS) if (e[key] !== undefined) out[key] = e[key];
-  return out as Finding["process"];
-}
-
-function stripQuery(url: string): string {
-  const cut = url.search(/[?#]/);
-  return cut === -1 ? url : url.slice(0, cut);
-}
-
-function urlHost(url: string): string | undefined {
-  try {
-    const host = new URL(url).hostname.toLowerCase();
-    return host.endsWith(".") ? host.slice(0, -1) : host;
-  } catch {
-    return undefined;
-  }
 }
 
 /** The policy text with the lines that have errors blanked (line numbers are kept). */

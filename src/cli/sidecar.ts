@@ -66,7 +66,11 @@ export function parseListenAddress(text: string): { hostname: string; port: numb
 }
 
 function parseMark(text: string): number {
-  const value = /^0x[0-9a-fA-F]{1,8}$/.test(text) ? parseInt(text, 16) : /^[1-9][0-9]*$/.test(text) ? Number(text) : NaN;
+  const value = /^0x[0-9a-fA-F]{1,8}$/.test(text)
+    ? parseInt(text, 16)
+    : /^[1-9][0-9]*$/.test(text)
+    ? Number(text)
+    : NaN;
   if (!Number.isInteger(value) || value < 1 || value > 0xffffffff) {
     throw new UsageError(`--mark "${text}" must be a non-zero 32-bit number (e.g. 0x1)`);
   }
@@ -89,7 +93,12 @@ export function parseDohBlocklist(text: string, path: string): AddressRange[] {
     const line = raw.replace(/#.*$/, "").trim();
     if (line === "") return;
     const range = parseAddressTarget(line);
-    if (range === undefined) throw new CliError(`Cannot read DoH blocklist ${path}: line ${index + 1}: "${line}" is not an IP or CIDR`, 2);
+    if (range === undefined) {
+      throw new CliError(
+        `Cannot read DoH blocklist ${path}: line ${index + 1}: "${line}" is not an IP or CIDR`,
+        2,
+      );
+    }
     out.push(range);
   });
   return out;
@@ -118,12 +127,20 @@ async function loadPolicy(
     return { policy: { defaultAction: "deny", egress: [] }, source: "none (deny all)" };
   }
   const parsed = parsePolicyBody(text, format);
-  if (!parsed.ok) throw new CliError(`Cannot load policy ${source}:\n${formatIssues(source, parsed.errors)}`, 1);
+  if (!parsed.ok) {
+    throw new CliError(`Cannot load policy ${source}:\n${formatIssues(source, parsed.errors)}`, 1);
+  }
   return { policy: parsed.policy, source };
 }
 
 async function healthcheck(api: { hostname: string; port: number }): Promise<number> {
-  const host = api.hostname === "0.0.0.0" ? "127.0.0.1" : api.hostname === "::" ? "[::1]" : api.hostname.includes(":") ? `[${api.hostname}]` : api.hostname;
+  const host = api.hostname === "0.0.0.0"
+    ? "127.0.0.1"
+    : api.hostname === "::"
+    ? "[::1]"
+    : api.hostname.includes(":")
+    ? `[${api.hostname}]`
+    : api.hostname;
   try {
     const response = await fetch(`http://${host}:${api.port}/healthz`, { signal: AbortSignal.timeout(3000) });
     await response.body?.cancel();
@@ -153,7 +170,9 @@ export async function runSidecar(args: string[]): Promise<number> {
   if (flags.healthcheck) return await healthcheck(api);
 
   const mode = (flags.mode ?? "dns+nft") as EnforcementLevel;
-  if (mode !== "dns" && mode !== "dns+nft") throw new UsageError(`--mode "${flags.mode}" must be dns or dns+nft`);
+  if (mode !== "dns" && mode !== "dns+nft") {
+    throw new UsageError(`--mode "${flags.mode}" must be dns or dns+nft`);
+  }
   const dnsPort = parsePort(flags["dns-port"] ?? "15053", "--dns-port");
   const mark = parseMark(flags.mark ?? "0x1");
   let upstreams: Upstream[] = flags.upstream.map((text) => {
@@ -164,7 +183,12 @@ export async function runSidecar(args: string[]): Promise<number> {
   if (upstreams.length === 0) {
     // Read before the redirect exists (it does not change the file, but the order is the contract).
     upstreams = resolvConfNameservers(await readText("/etc/resolv.conf", "resolver configuration"));
-    if (upstreams.length === 0) throw new CliError("Cannot find an upstream resolver: /etc/resolv.conf has no nameserver; use --upstream", 2);
+    if (upstreams.length === 0) {
+      throw new CliError(
+        "Cannot find an upstream resolver: /etc/resolv.conf has no nameserver; use --upstream",
+        2,
+      );
+    }
   }
   const doh = flags["doh-blocklist"] === undefined
     ? []
@@ -172,7 +196,9 @@ export async function runSidecar(args: string[]): Promise<number> {
   let token: string | undefined;
   if (flags["api-token-file"] !== undefined) {
     token = (await readText(flags["api-token-file"], "API token file")).trim();
-    if (token === "") throw new CliError(`Cannot use API token file ${flags["api-token-file"]}: it is empty`, 2);
+    if (token === "") {
+      throw new CliError(`Cannot use API token file ${flags["api-token-file"]}: it is empty`, 2);
+    }
   } else {
     const fromEnv = Deno.env.get("EGRESS_API_TOKEN")?.trim();
     token = fromEnv ? fromEnv : undefined;
@@ -191,7 +217,9 @@ export async function runSidecar(args: string[]): Promise<number> {
     },
     exists,
   );
-  if (refusal !== undefined) throw new CliError(`refusing to run in the host network namespace: ${refusal}`, 1);
+  if (refusal !== undefined) {
+    throw new CliError(`refusing to run in the host network namespace: ${refusal}`, 1);
+  }
 
   const ops = new OperationalLog({});
   const log = await ConnectionLog.open({ path: flags.log ?? "-", reporter: ops });
@@ -228,7 +256,10 @@ export async function runSidecar(args: string[]): Promise<number> {
     try {
       server = await startApi(api.hostname, api.port, { target: sidecar, token, warn: (m) => ops.warn(m) });
     } catch (error) {
-      throw new CliError(`Cannot start the API on ${flags.api ?? "0.0.0.0:18080"}: ${(error as Error).message}`, 1);
+      throw new CliError(
+        `Cannot start the API on ${flags.api ?? "0.0.0.0:18080"}: ${(error as Error).message}`,
+        1,
+      );
     }
     if (token === undefined) ops.warn("no API token configured: /policy and /status answer 403");
     if (flags["ready-file"] !== undefined) {

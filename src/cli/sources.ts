@@ -3,7 +3,8 @@
 // issue positions back to the file.
 
 import { RUNNER_CGROUP } from "../policy/builtins.ts";
-import type { PolicyIssue, PolicyOptions } from "../policy/types.ts";
+import type { PolicyIssue } from "../policy/types.ts";
+import { libraryOptions } from "../tools/replay.ts";
 import { CliError } from "./args.ts";
 import { describeFsError, readUtf8 } from "./connection_log.ts";
 import type { IssueReport, Severity } from "./report.ts";
@@ -12,6 +13,9 @@ import type { WorkflowPolicy, WorkflowProblem } from "./workflow.ts";
 
 /** The runner's cgroup (policy.md §12): the default attribute of user rules under `runner: true`. */
 export { RUNNER_CGROUP };
+
+/** `{runner: true}` by default; the flags as cli.md §validate says (pure, shared with suggest). */
+export { libraryOptions };
 
 /** One policy to validate or apply. */
 export type PolicySource = {
@@ -30,24 +34,6 @@ export type LoadedFile = {
   sources: PolicySource[];
   problems: WorkflowProblem[];
 };
-
-/** `{runner: true}` by default; the flags as cli.md §validate says. */
-export function libraryOptions(
-  flags: { noDefaults: boolean; noRunnerCgroup: boolean },
-  repository?: string,
-): PolicyOptions {
-  const options: PolicyOptions = {};
-  if (flags.noDefaults && flags.noRunnerCgroup) options.runner = false;
-  else if (flags.noDefaults) {
-    options.runner = false;
-    options.defaults = { attrs: { cgroup: RUNNER_CGROUP } };
-  } else if (flags.noRunnerCgroup) {
-    options.runner = true;
-    options.defaults = { attrs: {} };
-  } else options.runner = true;
-  if (repository !== undefined) options.repository = repository;
-  return options;
-}
 
 export const STDIN_NAME = "<stdin>";
 

@@ -13,14 +13,17 @@ async function readInput(path: string, what: string): Promise<string> {
   }
 }
 
-export async function runStart(args: string[]): Promise<number> {
+export async function runStart(args: string[], uid: () => number = () => Deno.uid()): Promise<number> {
   const config = parseStartArgs(args, (key) => Deno.env.get(key));
   if (config === "help") {
     console.log(START_USAGE);
     return 0;
   }
-  if (Deno.uid() !== 0) {
-    throw new CliError("needs root: it installs packet-steering rules and BPF programs (run it with sudo)", 1);
+  if (uid() !== 0) {
+    throw new CliError(
+      "needs root: it installs packet-steering rules and BPF programs (run it with sudo)",
+      1,
+    );
   }
   const policyText = config.policyPath === undefined ? "" : await readInput(config.policyPath, "policy");
   const upstreamCaPems: string[] = [];

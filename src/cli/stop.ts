@@ -35,7 +35,9 @@ export async function runStop(args: string[]): Promise<number> {
   const path = flags["control-socket"] ?? "/run/egress.sock";
   const timeoutText = flags.timeout ?? "10";
   if (!/^\d+(\.\d+)?$/.test(timeoutText) || Number(timeoutText) <= 0) {
-    throw new UsageError(`--timeout must be a positive number of seconds, got ${JSON.stringify(timeoutText)}`);
+    throw new UsageError(
+      `--timeout must be a positive number of seconds, got ${JSON.stringify(timeoutText)}`,
+    );
   }
   const deadline = Date.now() + Number(timeoutText) * 1000;
   if (!exists(path)) throw new CliError(`no control socket at ${path} (is the daemon running?)`, 2);

@@ -47,7 +47,9 @@ export async function sendControlCommand(
     }
     const text = new TextDecoder().decode(concat(chunks));
     const line = text.split("\n")[0];
-    if (line === "") throw new ControlUnreachable(path, false, "the daemon closed the connection without a reply");
+    if (line === "") {
+      throw new ControlUnreachable(path, false, "the daemon closed the connection without a reply");
+    }
     return parseReply(line);
   } finally {
     clearTimeout(timer);

@@ -86,7 +86,10 @@ export class ControlServer {
           afterReply = answer.afterReply;
         } catch (error) {
           reply = errorLine(`internal error: ${(error as Error).message}`);
-          log?.("error", `control socket: command ${JSON.stringify(command)} failed: ${(error as Error).message}`);
+          log?.(
+            "error",
+            `control socket: command ${JSON.stringify(command)} failed: ${(error as Error).message}`,
+          );
         }
       }
       await writeAll(conn, new TextEncoder().encode(reply.replace(/\n/g, " ") + "\n"));
@@ -94,7 +97,9 @@ export class ControlServer {
       await conn.closeWrite().catch(() => {});
       await drain(conn, 200);
     } catch (error) {
-      if (!this.#closed) log?.("warn", `control socket: client connection failed: ${(error as Error).message}`);
+      if (!this.#closed) {
+        log?.("warn", `control socket: client connection failed: ${(error as Error).message}`);
+      }
     } finally {
       try {
         conn.close();
@@ -180,7 +185,9 @@ async function drain(conn: Deno.Conn, ms: number): Promise<void> {
     const read = conn.read(buffer);
     const n = await Promise.race([
       read,
-      new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), Math.max(1, deadline - Date.now())))),
+      new Promise<"late">((
+        resolve,
+      ) => (timer = setTimeout(() => resolve("late"), Math.max(1, deadline - Date.now())))),
     ]).catch(() => null);
     clearTimeout(timer);
     if (n === "late") {

@@ -45,7 +45,9 @@ export function createConnectionResolver(deps: ResolverDeps) {
       const kernel = deps.attribution?.lookupOriginal("tcp", original);
       if (kernel && kernel.pid > 0) resolved.process = await deps.describe(kernel.pid);
     } catch (error) {
-      deps.onError?.(`attribution failed for ${resolved.dst_ip}:${resolved.dst_port}: ${(error as Error).message}`);
+      deps.onError?.(
+        `attribution failed for ${resolved.dst_ip}:${resolved.dst_port}: ${(error as Error).message}`,
+      );
     }
     return resolved;
   };

@@ -87,7 +87,9 @@ export function parseDnsUpstream(text: string): DnsUpstream {
     throw new UsageError(`--dns-upstream must be IPv4[:PORT], got ${JSON.stringify(text)}`);
   }
   const port = match[2] === undefined ? 53 : Number(match[2]);
-  if (port < 1 || port > 65535) throw new UsageError(`--dns-upstream port out of range in ${JSON.stringify(text)}`);
+  if (port < 1 || port > 65535) {
+    throw new UsageError(`--dns-upstream port out of range in ${JSON.stringify(text)}`);
+  }
   return { ip: match[1], port };
 }
 
@@ -138,6 +140,7 @@ export function parseStartArgs(
 export function instanceName(stateDir: string): string {
   let hash = 0x811c9dc5;
   for (const byte of new TextEncoder().encode(stateDir)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
-  const base = stateDir.split("/").filter(Boolean).at(-1)?.replace(/[^A-Za-z0-9_.-]/g, "_").slice(0, 24) ?? "root";
+  const base = stateDir.split("/").filter(Boolean).at(-1)?.replace(/[^A-Za-z0-9_.-]/g, "_").slice(0, 24) ??
+    "root";
   return `${base}-${hash.toString(16).padStart(8, "0")}`;
 }

@@ -42,7 +42,10 @@ export interface DaemonSystem {
     programNames(): string[];
     close(): void;
   };
-  resolver(attribution: Attribution | undefined, onError: (message: string) => void): PartContext["resolveConnection"];
+  resolver(
+    attribution: Attribution | undefined,
+    onError: (message: string) => void,
+  ): PartContext["resolveConnection"];
   closeConntrack(): void;
 }
 
@@ -166,7 +169,10 @@ export async function runDaemon(
 
   // A daemon still answering on the socket owns this setup: never tear down its rules.
   if (socketExists(config.controlSocket)) {
-    const answered = await sendControlCommand(config.controlSocket, "status", 1000).then(() => true, () => false);
+    const answered = await sendControlCommand(config.controlSocket, "status", 1000).then(
+      () => true,
+      () => false,
+    );
     if (answered) {
       early.error(`Cannot start egress: another egress daemon answers on ${config.controlSocket}`);
       return 1;
@@ -204,7 +210,9 @@ export async function runDaemon(
     try {
       const text = await readPolicyForReload(config);
       const next = parseDaemonPolicy(text, { audit: config.audit, repository: config.repository });
-      for (const issue of next.skipped) oplog.warn(`reload: policy: ${formatIssue(issue)} (line skipped, audit mode)`);
+      for (const issue of next.skipped) {
+        oplog.warn(`reload: policy: ${formatIssue(issue)} (line skipped, audit mode)`);
+      }
       policy.swap(next.policy);
       if (config.policyPath !== undefined && config.policyPath !== "-") {
         await Deno.writeTextFile(`${config.stateDir}/policy.txt`, text, { mode: 0o600 });
@@ -283,13 +291,17 @@ export async function runDaemon(
       for (const path of system.removeStaleOwnCgroups()) oplog.info(`leftover: removed empty cgroup ${path}`);
       const chains = await parts.steering.removeLeftovers((message) => oplog.info(`leftover: ${message}`));
       if (chains > 0) oplog.info(`leftover: removed ${chains} steering chains of an earlier run`);
-      if (await removeFile(config.controlSocket)) oplog.info(`leftover: removed stale socket ${config.controlSocket}`);
+      if (await removeFile(config.controlSocket)) {
+        oplog.info(`leftover: removed stale socket ${config.controlSocket}`);
+      }
       if (config.readyFile && await removeFile(config.readyFile)) {
         oplog.info(`leftover: removed stale ready file ${config.readyFile}`);
       }
       const pins = system.countLeftoverPins(instance);
       if (pins > 0) {
-        oplog.info(`leftover: ${pins} pinned BPF links of egress-${instance}: replaced once the new hooks attach`);
+        oplog.info(
+          `leftover: ${pins} pinned BPF links of egress-${instance}: replaced once the new hooks attach`,
+        );
       }
     });
 
@@ -352,8 +364,11 @@ export async function runDaemon(
 
     await step("install packet steering", async () => {
       // Registered first: a half-applied install is removed as well.
-      teardown.add(PHASE.steering, "remove packet steering", () =>
-        parts.steering.remove((message) => oplog.info(`steering: ${message}`)));
+      teardown.add(
+        PHASE.steering,
+        "remove packet steering",
+        () => parts.steering.remove((message) => oplog.info(`steering: ${message}`)),
+      );
       await parts.steering.install(
         {
           proxyPort: config.proxyPort,
@@ -369,7 +384,8 @@ export async function runDaemon(
     await step(`open the control socket ${config.controlSocket}`, async () => {
       const server = await ControlServer.listen({
         path: config.controlSocket,
-        log: (level, message) => oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
+        log: (level, message) =>
+          oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
         handler: (command) => {
           switch (command) {
             case "status":
@@ -384,7 +400,11 @@ export async function runDaemon(
         },
       });
       teardown.add(PHASE.controlAccept, "stop accepting control connections", () => server.close());
-      teardown.add(PHASE.controlFile, `remove the control socket ${config.controlSocket}`, () => server.remove());
+      teardown.add(
+        PHASE.controlFile,
+        `remove the control socket ${config.controlSocket}`,
+        () => server.remove(),
+      );
     });
 
     if (config.readyFile) {
@@ -397,7 +417,9 @@ export async function runDaemon(
       });
     }
     oplog.info(
-      `egress running (${mode}, ${policy.policy.rules.length} rules): interception active after ${elapsed(startedAt)}`,
+      `egress running (${mode}, ${policy.policy.rules.length} rules): interception active after ${
+        elapsed(startedAt)
+      }`,
     );
     deps.onReady?.(() => requestStop("stop requested"));
     await stopped;
@@ -419,8 +441,9 @@ export async function runDaemon(
   const clean = await teardown.run(oplog);
   if (!clean) exitCode = 1;
   for (const [signal, handler] of signalHandlers) Deno.removeSignalListener(signal, handler);
-  oplog.info(`egress stopped${clean ? "" : " (some cleanup steps failed)"}: cleanup took ${elapsed(cleanupStarted)}`);
+  oplog.info(
+    `egress stopped${clean ? "" : " (some cleanup steps failed)"}: cleanup took ${elapsed(cleanupStarted)}`,
+  );
   if (!deps.oplog) oplog.close();
   return exitCode;
 }
-

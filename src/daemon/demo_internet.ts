@@ -11,7 +11,9 @@ const config = JSON.parse(Deno.args[0]) as { ip: string; certPem: string; keyPem
 
 function handler(request: Request): Response {
   const url = new URL(request.url);
-  return new Response(`hello from ${url.hostname}${url.pathname}\n`, { headers: { "content-type": "text/plain" } });
+  return new Response(`hello from ${url.hostname}${url.pathname}\n`, {
+    headers: { "content-type": "text/plain" },
+  });
 }
 
 const quiet = { onListen() {}, onError: () => new Response("error", { status: 500 }) };

@@ -32,7 +32,11 @@ export async function runCommand(
   try {
     const output = await child.output();
     const decoder = new TextDecoder();
-    return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+    return {
+      code: output.code,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+    };
   } finally {
     clearTimeout(timer);
   }
@@ -73,15 +77,45 @@ export class DemoSandbox {
   async create(): Promise<void> {
     for (const name of [this.runnerNetns, this.internetNetns]) {
       await mustRun(["ip", "netns", "add", name]);
-      this.#undo.push({ what: `network namespace ${name}`, run: () => mustRun(["ip", "netns", "del", name]).then(() => {}) });
+      this.#undo.push({
+        what: `network namespace ${name}`,
+        run: () => mustRun(["ip", "netns", "del", name]).then(() => {}),
+      });
       await mustRun([...this.inNetns(name), "ip", "link", "set", "lo", "up"]);
     }
     const a = `${this.prefix}a`, b = `${this.prefix}b`;
     // Created inside the runner namespace and one end moved: the host never sees either end.
-    await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "add", a, "type", "veth", "peer", "name", b]);
-    await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "set", b, "netns", `/run/netns/${this.internetNetns}`]);
+    await mustRun([
+      ...this.inNetns(this.runnerNetns),
+      "ip",
+      "link",
+      "add",
+      a,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      b,
+    ]);
+    await mustRun([
+      ...this.inNetns(this.runnerNetns),
+      "ip",
+      "link",
+      "set",
+      b,
+      "netns",
+      `/run/netns/${this.internetNetns}`,
+    ]);
     await mustRun([...this.inNetns(this.runnerNetns), "ip", "addr", "add", `${this.runnerIp}/30`, "dev", a]);
-    await mustRun([...this.inNetns(this.internetNetns), "ip", "addr", "add", `${this.internetIp}/30`, "dev", b]);
+    await mustRun([
+      ...this.inNetns(this.internetNetns),
+      "ip",
+      "addr",
+      "add",
+      `${this.internetIp}/30`,
+      "dev",
+      b,
+    ]);
     await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "set", a, "up"]);
     await mustRun([...this.inNetns(this.internetNetns), "ip", "link", "set", b, "up"]);
     const cgroup = createCgroup(`/${this.prefix}-clients`);
@@ -130,23 +164,60 @@ export class DemoSandbox {
 }
 
 /** A throw-away CA and one server certificate for the demo names (openssl, EC keys). */
-export async function demoCertificates(dir: string, names: string[]): Promise<{ caPath: string; certPem: string; keyPem: string }> {
+export async function demoCertificates(
+  dir: string,
+  names: string[],
+): Promise<{ caPath: string; certPem: string; keyPem: string }> {
   const o = (args: string[]) => mustRun(["openssl", ...args]);
   await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/ca.key`]);
   await o([
-    "req", "-x509", "-new", "-key", `${dir}/ca.key`, "-subj", "/CN=egress demo internet CA", "-days", "1",
-    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    "-out", `${dir}/ca.pem`,
+    "req",
+    "-x509",
+    "-new",
+    "-key",
+    `${dir}/ca.key`,
+    "-subj",
+    "/CN=egress demo internet CA",
+    "-days",
+    "1",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+    "-out",
+    `${dir}/ca.pem`,
   ]);
   await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/server.key`]);
-  await o(["req", "-new", "-key", `${dir}/server.key`, "-subj", `/CN=${names[0]}`, "-out", `${dir}/server.csr`]);
+  await o([
+    "req",
+    "-new",
+    "-key",
+    `${dir}/server.key`,
+    "-subj",
+    `/CN=${names[0]}`,
+    "-out",
+    `${dir}/server.csr`,
+  ]);
   await Deno.writeTextFile(
     `${dir}/server.ext`,
     `subjectAltName=${names.map((name) => `DNS:${name}`).join(",")}\nextendedKeyUsage=serverAuth\n`,
   );
   await o([
-    "x509", "-req", "-in", `${dir}/server.csr`, "-CA", `${dir}/ca.pem`, "-CAkey", `${dir}/ca.key`,
-    "-CAcreateserial", "-days", "1", "-extfile", `${dir}/server.ext`, "-out", `${dir}/server.pem`,
+    "x509",
+    "-req",
+    "-in",
+    `${dir}/server.csr`,
+    "-CA",
+    `${dir}/ca.pem`,
+    "-CAkey",
+    `${dir}/ca.key`,
+    "-CAcreateserial",
+    "-days",
+    "1",
+    "-extfile",
+    `${dir}/server.ext`,
+    "-out",
+    `${dir}/server.pem`,
   ]);
   return {
     caPath: `${dir}/ca.pem`,

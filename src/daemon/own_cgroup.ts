@@ -3,8 +3,8 @@
 // moves back to where it came from and removes the cgroup.
 
 import {
-  type CgroupPath,
   cgroupOfProcess,
+  type CgroupPath,
   cgroupPids,
   createCgroup,
   joinCgroup,
@@ -36,7 +36,7 @@ export async function leaveOwnCgroup(own: OwnCgroup, mount: string): Promise<voi
     // The previous cgroup may be gone or not accept processes: the root always does.
     joinCgroup(resolveCgroupPath("/", mount));
   }
-  for (let attempt = 0; ; attempt++) {
+  for (let attempt = 0;; attempt++) {
     try {
       Deno.removeSync(own.cgroup.fsPath);
       return;

@@ -71,6 +71,47 @@ const STATUS_TEXT: Record<number, string> = {
 
 type Upstream = { key: string; reader: BufferedReader };
 
+/**
+ * Upgrades the proxy relays: WebSocket (frames are not inspected, runner.md §7). Any other
+ * Upgrade (h2c above all) would carry further requests past the per-request decision, so it
+ * is removed from the forwarded head and the server answers in HTTP/1.1.
+ */
+function allowedUpgrade(head: RequestHead): boolean {
+  return head.upgrade !== undefined && head.upgrade.trim().toLowerCase() === "websocket";
+}
+
+function tunnelRequested(head: RequestHead): boolean {
+  return head.method === "CONNECT" || allowedUpgrade(head);
+}
+
+const HOP_UPGRADE_HEADERS = new Set(["upgrade", "http2-settings"]);
+
+/** The head as sent upstream: the client's bytes, or a rebuilt head without a refused upgrade. */
+function forwardedHead(head: RequestHead, raw: Uint8Array): Uint8Array {
+  const asksUpgrade = head.upgrade !== undefined ||
+    head.headers.some((h) => HOP_UPGRADE_HEADERS.has(h.key)) || head.connection.includes("upgrade");
+  if (!asksUpgrade || allowedUpgrade(head)) return raw;
+  let text = `${head.method} ${head.rawTarget} HTTP/1.${head.minorVersion}\r\n`;
+  for (const header of head.headers) {
+    if (HOP_UPGRADE_HEADERS.has(header.key)) continue;
+    if (header.key === "connection") {
+      const kept = header.value.split(",").map((t) => t.trim()).filter((t) => {
+        const token = t.toLowerCase();
+        return token !== "" && token !== "upgrade" && token !== "http2-settings";
+      });
+      if (kept.length === 0) continue;
+      text += `${header.name}: ${kept.join(", ")}\r\n`;
+      continue;
+    }
+    text += `${header.name}: ${header.value}\r\n`;
+  }
+  text += "\r\n";
+  // Header bytes are latin1 (the parser read them so): encode them back the same way.
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
 /** Outcome of one request/response exchange. */
 type Exchange = "keep-alive" | "close" | "tunnel";
 
@@ -178,7 +219,8 @@ export class HttpSession {
       ).catch(() => {});
       return "close";
     }
-    const { head, raw } = read;
+    const { head } = read;
+    const raw = forwardedHead(head, read.raw);
     const { scheme, ctx } = this.#o;
     const authority = this.#authority(head);
     const path = head.target.form === "origin" || head.target.form === "absolute" ? head.target.path : "/";
@@ -438,6 +480,10 @@ export class HttpSession {
           if (parsed.kind === "head") response = parsed;
         }
         reader.unread(buffer.subarray(response.headLength));
+        // Only an upgrade the (filtered) request asked for may turn the stream into a tunnel.
+        if (response.head.body.kind === "tunnel" && !tunnelRequested(head)) {
+          throw new Error("upstream switched protocols without being asked");
+        }
         await client.write(buffer.subarray(0, response.headLength));
         sentAnything = true;
         const framing = response.head.body;

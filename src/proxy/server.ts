@@ -273,6 +273,12 @@ class Proxy {
         `Cannot find the original destination of a connection: ${describe(error)}`,
       );
     }
+    if (info) info = normalizedDestination(info);
+    // A "destination" that is this listener would make the proxy connect to itself in a loop.
+    if (info && info.dst_port === this.addr.port && isLocalAddress(info.dst_ip, this.addr.hostname)) {
+      this.#o.operationalLog.warn(`proxy: refused a connection whose destination is the proxy itself`);
+      info = undefined;
+    }
     if (!info) {
       const ctx = this.#context({ dst_ip: "unknown", dst_port: 0, src_port: peerPort });
       ctx.logLine({ type: "tcp" }, {
@@ -467,6 +473,16 @@ class Proxy {
     // TLS carrying something other than HTTP/1.x: judged as raw TCP after the handshake.
     await this.#rawTcp(ctx, client, () => this.#tlsUpstream(info, sni ?? info.dst_ip, insecure), closers);
   }
+}
+
+/** `::ffff:a.b.c.d` (IPv4-mapped) is handled as `a.b.c.d` (policy.md §10.1). */
+function normalizedDestination(info: ResolvedConnection): ResolvedConnection {
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(info.dst_ip);
+  return mapped ? { ...info, dst_ip: mapped[1] } : info;
+}
+
+function isLocalAddress(ip: string, listening: string): boolean {
+  return ip === listening || ip === "0.0.0.0" || ip.startsWith("127.");
 }
 
 function relayEnded(ctx: ConnectionContext, result: RelayResult): void {

@@ -134,16 +134,31 @@ async function handlePolicy(request: Request, url: URL, context: ApiContext): Pr
       try {
         parsed = JSON.parse(body.text);
       } catch (error) {
-        return invalid([{ line: 1, column: 0, message: `invalid JSON: ${(error as Error).message}`, text: "" }]);
+        return invalid([{
+          line: 1,
+          column: 0,
+          message: `invalid JSON: ${(error as Error).message}`,
+          text: "",
+        }]);
       }
       const list = (parsed as { targets?: unknown } | null)?.targets;
       if (!Array.isArray(list) || !list.every((t) => typeof t === "string")) {
-        return invalid([{ line: 0, column: 0, message: `body must be {"targets": [strings]}`, text: body.text.slice(0, 200) }]);
+        return invalid([{
+          line: 0,
+          column: 0,
+          message: `body must be {"targets": [strings]}`,
+          text: body.text.slice(0, 200),
+        }]);
       }
       targets.push(...list);
     }
     if (targets.length === 0) {
-      return invalid([{ line: 0, column: 0, message: `no target given (body {"targets": [...]} or ?target=)`, text: "" }]);
+      return invalid([{
+        line: 0,
+        column: 0,
+        message: `no target given (body {"targets": [...]} or ?target=)`,
+        text: "",
+      }]);
     }
     return await apply(context, deleteTargets(context.target.policy, targets));
   }
@@ -189,7 +204,9 @@ export async function handleApiRequest(request: Request, context: ApiContext): P
     return fail(401, "missing or wrong bearer token", { "www-authenticate": "Bearer" });
   }
   if (path === "/status") {
-    if (request.method !== "GET") return fail(405, `method ${request.method} not allowed on /status`, { allow: "GET" });
+    if (request.method !== "GET") {
+      return fail(405, `method ${request.method} not allowed on /status`, { allow: "GET" });
+    }
     return json(200, await context.target.status());
   }
   return await handlePolicy(request, url, context);

@@ -66,7 +66,9 @@ export function errorReply(query: Uint8Array, rcode: number): Uint8Array | undef
 type DecodedAnswer = { type?: string; ttl?: number; data?: unknown };
 
 /** A/AAAA addresses of an upstream reply (CNAME chains count for the query name) and the min TTL. */
-export function answerAddresses(reply: Uint8Array): { rcode: number; addresses: AnswerAddress[]; ttl: number } {
+export function answerAddresses(
+  reply: Uint8Array,
+): { rcode: number; addresses: AnswerAddress[]; ttl: number } {
   const rcode = reply.length >= 4 ? reply[3] & 0x0f : RCODE_SERVFAIL;
   let answers: DecodedAnswer[] = [];
   try {
@@ -212,7 +214,9 @@ export class SidecarDnsProxy {
       } catch (error) {
         hooks.warn(`DNS upstream ${used.address}:${used.port} failed: ${(error as Error).message}`);
       }
-      if (reply === undefined) hooks.warn(`DNS upstream ${used.address}:${used.port} did not answer "${name}"`);
+      if (reply === undefined) {
+        hooks.warn(`DNS upstream ${used.address}:${used.port} did not answer "${name}"`);
+      }
     }
     const logged: ConnectionLogEvent = {
       type: "dns",

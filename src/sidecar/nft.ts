@@ -50,7 +50,11 @@ export function setName(kind: "allow" | "deny" | "dyn", family: Family, shape: K
 
 function setType(family: Family, shape: KeyShape): string {
   const address = family === 4 ? "ipv4_addr" : "ipv6_addr";
-  return shape === "addr" ? address : shape === "proto" ? `${address} . inet_proto` : `${address} . inet_proto . inet_service`;
+  return shape === "addr"
+    ? address
+    : shape === "proto"
+    ? `${address} . inet_proto`
+    : `${address} . inet_proto . inet_service`;
 }
 
 function matchExpression(family: Family, shape: KeyShape): string {
@@ -116,7 +120,9 @@ export function buildTableTransaction(spec: TableSpec): string {
   const mark = hex(spec.mark);
 
   // DNS redirect (§1.4): the proxy's own upstream queries carry the mark and pass unchanged.
-  lines.push(`add chain ${TABLE} ${NAT_CHAIN} { type nat hook output priority -100; policy accept; }`);
+  // Priority -110 runs before iptables' nat OUTPUT (-100), e.g. Docker's DNAT of 127.0.0.11:53,
+  // which would otherwise move app queries off port 53 before this chain sees them.
+  lines.push(`add chain ${TABLE} ${NAT_CHAIN} { type nat hook output priority -110; policy accept; }`);
   lines.push(`add rule ${TABLE} ${NAT_CHAIN} meta mark ${mark} return`);
   lines.push(`add rule ${TABLE} ${NAT_CHAIN} udp dport 53 redirect to :${spec.dnsPort}`);
   lines.push(`add rule ${TABLE} ${NAT_CHAIN} tcp dport 53 redirect to :${spec.dnsPort}`);
@@ -127,9 +133,17 @@ export function buildTableTransaction(spec: TableSpec): string {
     lines.push(`add set ${TABLE} doh${family} { type ${setType(family, "addr")}; flags interval; }`);
     for (const shape of SHAPES) {
       for (const kind of ["allow", "deny"] as const) {
-        lines.push(`add set ${TABLE} ${setName(kind, family, shape)} { type ${setType(family, shape)}; flags interval; }`);
+        lines.push(
+          `add set ${TABLE} ${setName(kind, family, shape)} { type ${
+            setType(family, shape)
+          }; flags interval; }`,
+        );
       }
-      lines.push(`add set ${TABLE} ${setName("dyn", family, shape)} { type ${setType(family, shape)}; flags timeout; }`);
+      lines.push(
+        `add set ${TABLE} ${setName("dyn", family, shape)} { type ${
+          setType(family, shape)
+        }; flags timeout; }`,
+      );
     }
   }
   if (!spec.recreate) {
@@ -137,7 +151,9 @@ export function buildTableTransaction(spec: TableSpec): string {
     for (const family of FAMILIES) {
       lines.push(`flush set ${TABLE} doh${family}`);
       for (const shape of SHAPES) {
-        for (const kind of ["allow", "deny", "dyn"] as const) lines.push(`flush set ${TABLE} ${setName(kind, family, shape)}`);
+        for (const kind of ["allow", "deny", "dyn"] as const) {
+          lines.push(`flush set ${TABLE} ${setName(kind, family, shape)}`);
+        }
       }
     }
   }
@@ -160,20 +176,28 @@ export function buildTableTransaction(spec: TableSpec): string {
   );
   for (const family of FAMILIES) {
     for (const shape of SHAPES) {
-      lines.push(`add rule ${chain} ${matchExpression(family, shape)} @${setName("deny", family, shape)} ${drop}`);
+      lines.push(
+        `add rule ${chain} ${matchExpression(family, shape)} @${setName("deny", family, shape)} ${drop}`,
+      );
     }
   }
   for (const kind of ["allow", "dyn"] as const) {
     for (const family of FAMILIES) {
       for (const shape of SHAPES) {
-        lines.push(`add rule ${chain} ${matchExpression(family, shape)} @${setName(kind, family, shape)} accept`);
+        lines.push(
+          `add rule ${chain} ${matchExpression(family, shape)} @${setName(kind, family, shape)} accept`,
+        );
       }
     }
   }
   lines.push(`add rule ${chain} ${spec.defaultAction === "allow" ? "accept" : drop}`);
 
   for (const family of FAMILIES) {
-    addElements(lines, `doh${family}`, mergeRanges(spec.doh.filter((r) => r.family === family)).map(formatRange));
+    addElements(
+      lines,
+      `doh${family}`,
+      mergeRanges(spec.doh.filter((r) => r.family === family)).map(formatRange),
+    );
     for (const shape of SHAPES) {
       for (const kind of ["allow", "deny"] as const) {
         addElements(lines, setName(kind, family, shape), staticElements(spec.compiled, kind, family, shape));
@@ -198,7 +222,11 @@ function appendDynamic(lines: string[], elements: readonly DynamicElement[], ref
       // again with the new timeout — in one transaction, so the address is never missing.
       addElements(lines, set, list.map((e) => elementText(e, true)));
       for (let i = 0; i < list.length; i += 256) {
-        lines.push(`delete element ${TABLE} ${set} { ${list.slice(i, i + 256).map((e) => elementText(e, false)).join(", ")} }`);
+        lines.push(
+          `delete element ${TABLE} ${set} { ${
+            list.slice(i, i + 256).map((e) => elementText(e, false)).join(", ")
+          } }`,
+        );
       }
     }
     addElements(lines, set, list.map((e) => elementText(e, true)));
@@ -235,10 +263,14 @@ export function dynamicElementsFor(
   for (const grant of grants) {
     if (grant.shape === "addr") out.push({ family, shape: "addr", address, timeoutSeconds });
     else if (grant.shape === "proto") {
-      for (const protocol of grant.protocols) out.push({ family, shape: "proto", address, protocol, timeoutSeconds });
+      for (const protocol of grant.protocols) {
+        out.push({ family, shape: "proto", address, protocol, timeoutSeconds });
+      }
     } else {
       for (const protocol of grant.protocols) {
-        for (const port of grant.ports) out.push({ family, shape: "port", address, protocol, port, timeoutSeconds });
+        for (const port of grant.ports) {
+          out.push({ family, shape: "port", address, protocol, port, timeoutSeconds });
+        }
       }
     }
   }

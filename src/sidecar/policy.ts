@@ -167,7 +167,10 @@ export function parseJsonPolicy(text: string): ParseResult {
     return { ok: false, errors: [jsonSyntaxIssue(text, error)] };
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    return { ok: false, errors: [issue(0, `policy must be an object {"defaultAction", "egress"}`, describe(raw))] };
+    return {
+      ok: false,
+      errors: [issue(0, `policy must be an object {"defaultAction", "egress"}`, describe(raw))],
+    };
   }
   const object = raw as Record<string, unknown>;
   const errors: PolicyIssue[] = [];
@@ -221,7 +224,12 @@ export function parseTextPolicy(text: string): ParseResult {
     const lineText = lines.get(rule.line) ?? "";
     const firstColumn = columnAt(lineText, Math.max(0, lineText.search(/\S/)));
     const unsupported = (what: string, at = firstColumn) =>
-      errors.push({ line: rule.line, column: at, message: `${what} not supported in sidecar mode`, text: lineText });
+      errors.push({
+        line: rule.line,
+        column: at,
+        message: `${what} not supported in sidecar mode`,
+        text: lineText,
+      });
     if (!SUPPORTED.has(rule.type)) {
       unsupported(`${rule.type} rules are`);
       continue;
@@ -278,7 +286,10 @@ export function patchPolicy(
 /** DELETE: removes the entries with these targets. */
 export function deleteTargets(current: SidecarPolicy, targets: readonly string[]): SidecarPolicy {
   const gone = new Set(targets.map(targetKey));
-  return { defaultAction: current.defaultAction, egress: current.egress.filter((e) => !gone.has(targetKey(e.target))) };
+  return {
+    defaultAction: current.defaultAction,
+    egress: current.egress.filter((e) => !gone.has(targetKey(e.target))),
+  };
 }
 
 /** The API's JSON view (key order action, target, ports, protocol). */

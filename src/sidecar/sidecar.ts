@@ -61,6 +61,9 @@ export function hostNetworkReason(
   return undefined;
 }
 
+/** At most this much (and 10 % of the timeout) of an entry's lifetime is given up to skip a refresh. */
+const REFRESH_SLACK_MS = 10_000;
+
 type Tracked = { family: Family; value: bigint; text: string; expiresAt: number };
 
 export class Sidecar {
@@ -102,12 +105,16 @@ export class Sidecar {
     const { ops, mode } = this.#options;
     // 2. the table (with the redirect chain; at level dns the redirect chain only)
     try {
-      await this.#nft.apply(this.#transaction(DENY_ALL, compilePolicy(DENY_ALL), [], true, mode === "dns+nft"));
+      await this.#nft.apply(
+        this.#transaction(DENY_ALL, compilePolicy(DENY_ALL), [], true, mode === "dns+nft"),
+      );
       this.#nftTable = true;
     } catch (error) {
       const reason = (error as Error).message;
       if (mode === "dns+nft") {
-        if (this.#options.requireNft) throw new SidecarError(`Cannot install nftables enforcement: ${reason}`);
+        if (this.#options.requireNft) {
+          throw new SidecarError(`Cannot install nftables enforcement: ${reason}`);
+        }
         this.level = "dns";
         this.fallbackReason = reason;
         ops.warn(`enforcement dns: ${reason}`);
@@ -132,7 +139,9 @@ export class Sidecar {
       await this.#proxy.start();
     } catch (error) {
       await this.stop();
-      throw new SidecarError(`Cannot start the DNS proxy on 127.0.0.1:${this.#options.dnsPort}: ${(error as Error).message}`);
+      throw new SidecarError(
+        `Cannot start the DNS proxy on 127.0.0.1:${this.#options.dnsPort}: ${(error as Error).message}`,
+      );
     }
     // 4. redirect: already part of the nft table; else iptables
     if (!this.#nftTable) {
@@ -141,13 +150,19 @@ export class Sidecar {
         await this.#iptables.install((message) => ops.warn(message));
       } catch (error) {
         await this.stop();
-        throw new SidecarError(`Cannot redirect DNS: neither nftables nor iptables works: ${(error as Error).message}`);
+        throw new SidecarError(
+          `Cannot redirect DNS: neither nftables nor iptables works: ${(error as Error).message}`,
+        );
       }
     }
     this.#enforcementInstalled = true;
     ops.info(
-      `enforcement ${this.level}${this.fallbackReason ? ` (fallback: ${this.fallbackReason})` : ""}; DNS proxy on ` +
-        `127.0.0.1:${this.#options.dnsPort}, upstreams ${this.#options.upstreams.map((u) => `${u.address}:${u.port}`).join(", ")}`,
+      `enforcement ${this.level}${
+        this.fallbackReason ? ` (fallback: ${this.fallbackReason})` : ""
+      }; DNS proxy on ` +
+        `127.0.0.1:${this.#options.dnsPort}, upstreams ${
+          this.#options.upstreams.map((u) => `${u.address}:${u.port}`).join(", ")
+        }`,
     );
   }
 
@@ -190,10 +205,17 @@ export class Sidecar {
       if (verdict.policy !== "allow" || verdict.grants.length === 0) return;
       const timeout = clampTtl(ttl);
       const expiresAt = Date.now() + timeout * 1000;
-      const elements = addresses.flatMap((a) => dynamicElementsFor(verdict.grants, a.family, a.value, timeout));
-      await this.#nft.apply(buildDynamicUpdate(elements));
       const known = this.#tracked.get(name) ?? new Map<string, Tracked>();
-      for (const a of addresses) known.set(`${a.family}/${a.value}`, { ...a, expiresAt });
+      // A repeated answer whose entries would gain less than REFRESH_SLACK skips the nft run
+      // (a process start per answer is the main cost of an allowed query).
+      const slack = Math.min(REFRESH_SLACK_MS, timeout * 100);
+      const stale = addresses.filter((a) =>
+        (known.get(`${a.family}/${a.value}`)?.expiresAt ?? 0) < expiresAt - slack
+      );
+      if (stale.length === 0) return;
+      const elements = stale.flatMap((a) => dynamicElementsFor(verdict.grants, a.family, a.value, timeout));
+      await this.#nft.apply(buildDynamicUpdate(elements));
+      for (const a of stale) known.set(`${a.family}/${a.value}`, { ...a, expiresAt });
       this.#tracked.set(name, known);
     });
   }

@@ -2,20 +2,20 @@
 // audit mode), the tightest policy that allows every connection in it. The job summary calls
 // `suggestPolicy` too. No Deno API, no node: module.
 //
-// How it stays valid: every rule is generated from what the replay in `egress analyze` judges
-// (`toConnectionEvent`, the same DNS cache), the DNS names still missing are found by asking the
-// Enforcer, and a final replay lists as comments anything the suggestion still does not allow.
+// How it stays valid: every rule is generated from what the replay of `egress analyze` judges
+// (`toConnectionEvent`, the same DNS cache: both from `./replay.ts`), the DNS names still missing
+// are found by asking the Enforcer, and a final replay lists as comments anything the suggestion
+// still does not allow.
 
-import { replay, toConnectionEvent } from "../cli/analyze.ts";
-import type { LogEntry, LogEvent } from "../cli/connection_log.ts";
-import { libraryOptions } from "../cli/sources.ts";
 import { RUNNER_CGROUP } from "../policy/builtins.ts";
 import { eventIpv4, formatIpv4 } from "../policy/ipv4.ts";
 import { parseEventUrl } from "../policy/matcher.ts";
-import { DnsCache, Enforcer, parsePolicy, validatePolicy } from "../policy/mod.ts";
+import { type DnsCache, Enforcer, parsePolicy, validatePolicy } from "../policy/mod.ts";
 import { ruleSourceText } from "../policy/policy.ts";
 import type { PolicyOptions } from "../policy/types.ts";
 import { hasDotSegment, requestPathOf } from "../policy/url_path.ts";
+import { libraryOptions, replay, replayCache, toConnectionEvent } from "./replay.ts";
+import type { LogEntry, LogEvent } from "./replay.ts";
 
 /** Process fields a suggestion can scope by: `step`/`action` go into headers, `exe` onto rules. */
 export type ScopeKey = "step" | "action" | "exe";
@@ -525,47 +525,4 @@ export function collapsePaths(
     result.push({ pattern, methods, sources });
   }
   return result;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The replay's DNS cache (cli.md §analyze step 3)
-
-/** Never expires: a log replay has no clock. */
-const FOREVER_SECONDS = 100 * 365 * 24 * 3600;
-
-/**
- * The cache `egress analyze` replays with: `dns_response` answers and the IPs of
- * certificate-verified `https` requests. (Same feed as analyze's; it keeps its own private.)
- */
-export function replayCache(entries: readonly LogEntry[]): DnsCache {
-  const cache = new DnsCache({
-    capacity: 1_000_000,
-    minTtl: FOREVER_SECONDS,
-    maxTtl: FOREVER_SECONDS,
-    now: () => 0,
-  });
-  for (const { event } of entries) {
-    if (event.type === "dns_response" && typeof event.name === "string" && Array.isArray(event.answers)) {
-      if (event.answers.length > 0) cache.add(event.name, event.answers, FOREVER_SECONDS);
-    } else if (
-      event.type === "https" && typeof event.url === "string" && event.insecure !== true &&
-      event.error === undefined && typeof event.dst_ip === "string"
-    ) {
-      const host = verifiedHost(event.url);
-      if (host !== undefined && !/^\d+\.\d+\.\d+\.\d+$/.test(host) && !host.startsWith("[")) {
-        cache.add(host, [event.dst_ip], FOREVER_SECONDS);
-      }
-    }
-  }
-  return cache;
-}
-
-/** The URL host as analyze reads it (WHATWG URL parsing), lower-case, without a trailing dot. */
-function verifiedHost(url: string): string | undefined {
-  try {
-    const host = new URL(url).hostname.toLowerCase();
-    return host.endsWith(".") ? host.slice(0, -1) : host;
-  } catch {
-    return undefined;
-  }
 }

@@ -62,7 +62,10 @@ Deno.test("start flags: every flag, repeatable ones, GITHUB_REPOSITORY", () => {
 
 Deno.test("start flags: later features and bad values are usage errors (exit 2)", () => {
   for (const argv of [["--runner"], ["--allow-sudo"], ["--package-check"], ["--package-check-url", "x"]]) {
-    assert.throws(() => parseStartArgs(argv), (e: unknown) => e instanceof CliError && e.exitCode === 2 && /not available yet/.test(e.message));
+    assert.throws(
+      () => parseStartArgs(argv),
+      (e: unknown) => e instanceof CliError && e.exitCode === 2 && /not available yet/.test(e.message),
+    );
   }
   for (
     const argv of [
@@ -77,7 +80,11 @@ Deno.test("start flags: later features and bad values are usage errors (exit 2)"
       ["extra"],
     ]
   ) {
-    assert.throws(() => parseStartArgs(argv), (e: unknown) => e instanceof CliError && e.exitCode === 2, argv.join(" "));
+    assert.throws(
+      () => parseStartArgs(argv),
+      (e: unknown) => e instanceof CliError && e.exitCode === 2,
+      argv.join(" "),
+    );
   }
   assert.equal(parseStartArgs(["-h"]), "help");
 });
@@ -86,4 +93,23 @@ Deno.test("instance name: stable per state dir, distinct between dirs, valid pin
   assert.equal(instanceName("/run/egress"), instanceName("/run/egress"));
   assert.notEqual(instanceName("/tmp/a/state"), instanceName("/tmp/b/state"));
   assert.match(instanceName("/tmp/we ird/$tate"), /^[A-Za-z0-9_.-]+$/);
+});
+
+Deno.test("start and demo without root: a clear message and exit 1, before anything else", async () => {
+  const { runStart } = await import("../../src/cli/start.ts");
+  const { runDemo } = await import("../../src/cli/demo.ts");
+  const { runGuarded } = await import("../../src/cli/main.ts");
+  const errors: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => errors.push(args.join(" "));
+  try {
+    // A policy path that does not exist: the root check comes first, so it is never read.
+    assert.equal(await runGuarded("start", () => runStart(["--policy", "/nonexistent/p"], () => 1000)), 1);
+    assert.match(errors.join("\n"), /^egress start: needs root/m);
+    assert.equal(await runDemo([], () => 1000), 1);
+    assert.match(errors.join("\n"), /^egress demo: needs root: it creates two throw-away network namespaces/m);
+    assert.equal(await runGuarded("start", () => runStart(["--runner"], () => 1000)), 2, "usage first");
+  } finally {
+    console.error = original;
+  }
 });

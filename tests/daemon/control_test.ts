@@ -80,7 +80,13 @@ Deno.test("control: the socket is mode 0600 and is created atomically", async ()
 });
 
 Deno.test("status/stop: exit codes for enforce, audit, no socket, refusal", async () => {
-  const status = { mode: "enforce", state: "running", rules: 3, restarts: 0, counters: { allowed: 1, denied: 2, dns: 0, errors: 0 } };
+  const status = {
+    mode: "enforce",
+    state: "running",
+    rules: 3,
+    restarts: 0,
+    counters: { allowed: 1, denied: 2, dns: 0, errors: 0 },
+  };
   let mode = "enforce";
   let shutdownReply = "ok: shutting down";
   let server: ControlServer | undefined;

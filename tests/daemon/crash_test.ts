@@ -11,7 +11,7 @@ import {
   type Topology,
   withTopology,
 } from "../helpers/netns.ts";
-import { DaemonRun, daemonPaths, egressCommand, startInternet } from "./daemon_rig.ts";
+import { daemonPaths, DaemonRun, egressCommand, startInternet } from "./daemon_rig.ts";
 import { loadRealParts } from "../../src/daemon/parts.ts";
 import { instanceName } from "../../src/daemon/config.ts";
 
@@ -68,7 +68,12 @@ testWhen(reason, "e2e: kill -9 leaves traffic denied; the next start cleans up a
       first = await DaemonRun.start(topology, paths, { policy, upstreamCa: internet.pki.caPath });
       const ok = await curl(topology, paths.egressCa, ["https://allowed.egress.test/one"]);
       assert.equal(ok.stdout, "GET /one allowed.egress.test\n", ok.stderr);
-      const udp = await client({ netns: topology.runner, cgroup: topology.cgroup }, ["/usr/bin/python3", "-c", PY_UDP, topology.internetIp]);
+      const udp = await client({ netns: topology.runner, cgroup: topology.cgroup }, [
+        "/usr/bin/python3",
+        "-c",
+        PY_UDP,
+        topology.internetIp,
+      ]);
       assert.match(udp.stdout.trim(), /^egress-udp \d+$/);
 
       await first.kill();
@@ -79,13 +84,24 @@ testWhen(reason, "e2e: kill -9 leaves traffic denied; the next start cleans up a
       assert.notEqual(tcp.code, 0);
       assert.match(tcp.stderr, /Connection refused|Failed to connect/);
       assert.ok(performance.now() - started < 4000, "refused at once, not timed out");
-      const udpDead = await client({ netns: topology.runner, cgroup: topology.cgroup }, ["/usr/bin/python3", "-c", PY_UDP, topology.internetIp]);
+      const udpDead = await client({ netns: topology.runner, cgroup: topology.cgroup }, [
+        "/usr/bin/python3",
+        "-c",
+        PY_UDP,
+        topology.internetIp,
+      ]);
       if (udpDead.stdout.trim() !== "timeout") {
         const queues = await topology.runner.tryExec(["cat", "/proc/net/netfilter/nfnetlink_queue"]);
         const flows = await topology.runner.tryExec(["conntrack", "-L", "-p", "udp"]);
-        assert.fail(`UDP answered while the daemon is dead: ${udpDead.stdout}\nqueues: ${queues.stdout}\nflows: ${flows.stdout}`);
+        assert.fail(
+          `UDP answered while the daemon is dead: ${udpDead.stdout}\nqueues: ${queues.stdout}\nflows: ${flows.stdout}`,
+        );
       }
-      const v6 = await client({ netns: topology.runner, cgroup: topology.cgroup }, ["/usr/bin/python3", "-c", PY_CONNECT6]);
+      const v6 = await client({ netns: topology.runner, cgroup: topology.cgroup }, [
+        "/usr/bin/python3",
+        "-c",
+        PY_CONNECT6,
+      ]);
       assert.equal(v6.stdout.trim(), "1", `EPERM from the pinned connect6 hook: ${v6.stdout}${v6.stderr}`);
       assert.ok(fileExists(`/sys/fs/bpf/egress-${instanceName(paths.stateDir)}`), "pins survive the kill");
       assert.notEqual(await iptablesState(topology.runner), before, "rules survive the kill");
@@ -114,41 +130,51 @@ testWhen(reason, "e2e: kill -9 leaves traffic denied; the next start cleans up a
   });
 });
 
-testWhen(reason, "e2e: audit mode lets denied traffic through and logs policy deny; SIGHUP reloads", async () => {
-  await withTopology("a", async (topology) => {
-    const paths = await daemonPaths("audit");
-    const internet = await startInternet(topology, paths.dir);
-    let run: DaemonRun | undefined;
-    try {
-      run = await DaemonRun.start(topology, paths, {
-        policy: "allowed.egress.test\n",
-        upstreamCa: internet.pki.caPath,
-        extra: ["--audit"],
-      });
-      const out = await curl(topology, paths.egressCa, ["https://denied.egress.test/audit"]);
-      assert.equal(out.stdout, "GET /audit denied.egress.test\n", out.stderr);
-      const line = await run.waitForLine("audit deny", (l) => l.url === "https://denied.egress.test/audit");
-      assert.equal(line.policy, "deny");
-      assert.equal(line.audit, true);
-      assert.equal(line.reason, "no matching rule");
-      const status = await egressCommand(topology, "status", ["--control-socket", paths.socket]);
-      assert.equal(status.code, 1, "status exits 1 in audit mode");
-      assert.match(status.stdout, /^mode: audit$/m);
+testWhen(
+  reason,
+  "e2e: audit mode lets denied traffic through and logs policy deny; SIGHUP reloads",
+  async () => {
+    await withTopology("a", async (topology) => {
+      const paths = await daemonPaths("audit");
+      const internet = await startInternet(topology, paths.dir);
+      let run: DaemonRun | undefined;
+      try {
+        run = await DaemonRun.start(topology, paths, {
+          policy: "allowed.egress.test\n",
+          upstreamCa: internet.pki.caPath,
+          extra: ["--audit"],
+        });
+        const out = await curl(topology, paths.egressCa, ["https://denied.egress.test/audit"]);
+        assert.equal(out.stdout, "GET /audit denied.egress.test\n", out.stderr);
+        const line = await run.waitForLine("audit deny", (l) => l.url === "https://denied.egress.test/audit");
+        assert.equal(line.policy, "deny");
+        assert.equal(line.audit, true);
+        assert.equal(line.reason, "no matching rule");
+        const status = await egressCommand(topology, "status", ["--control-socket", paths.socket]);
+        assert.equal(status.code, 1, "status exits 1 in audit mode");
+        assert.match(status.stdout, /^mode: audit$/m);
 
-      await Deno.writeTextFile(paths.policy, "allowed.egress.test\ndenied.egress.test\n");
-      run.process.signal("SIGHUP");
-      await run.process.waitFor("reload", () => Deno.readTextFile(paths.oplog).then((t) => t.includes("policy reloaded: 2 rules")));
-      await curl(topology, paths.egressCa, ["https://denied.egress.test/after"]);
-      const after = await run.waitForLine("after reload", (l) => l.url === "https://denied.egress.test/after");
-      assert.equal(after.policy, "allow");
-      assert.equal((await run.stop()).code, 0);
-    } finally {
-      if (run && !run.process.exited) await run.kill();
-      await internet.stop();
-      await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
-    }
-  });
-});
+        await Deno.writeTextFile(paths.policy, "allowed.egress.test\ndenied.egress.test\n");
+        run.process.signal("SIGHUP");
+        await run.process.waitFor(
+          "reload",
+          () => Deno.readTextFile(paths.oplog).then((t) => t.includes("policy reloaded: 2 rules")),
+        );
+        await curl(topology, paths.egressCa, ["https://denied.egress.test/after"]);
+        const after = await run.waitForLine(
+          "after reload",
+          (l) => l.url === "https://denied.egress.test/after",
+        );
+        assert.equal(after.policy, "allow");
+        assert.equal((await run.stop()).code, 0);
+      } finally {
+        if (run && !run.process.exited) await run.kill();
+        await internet.stop();
+        await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
+      }
+    });
+  },
+);
 
 testWhen(reason, "e2e: streaming a large download and a slow response through the proxy", async () => {
   await withTopology("s", async (topology) => {
@@ -156,7 +182,10 @@ testWhen(reason, "e2e: streaming a large download and a slow response through th
     const internet = await startInternet(topology, paths.dir);
     let run: DaemonRun | undefined;
     try {
-      run = await DaemonRun.start(topology, paths, { policy: "allowed.egress.test\n", upstreamCa: internet.pki.caPath });
+      run = await DaemonRun.start(topology, paths, {
+        policy: "allowed.egress.test\n",
+        upstreamCa: internet.pki.caPath,
+      });
       const bytes = 64 * 1024 * 1024;
       const large = await curl(topology, paths.egressCa, [
         "-o",
@@ -179,39 +208,44 @@ testWhen(reason, "e2e: streaming a large download and a slow response through th
   });
 });
 
-testWhen(reason, "e2e: a policy with an error in enforce mode is refused before anything is touched", async () => {
-  await withTopology("p", async (topology) => {
-    const paths = await daemonPaths("badpolicy");
-    try {
-      const before = await iptablesState(topology.runner);
-      const mount = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")
-        .find((line) => line.includes(" - cgroup2 "))!.split(" ")[4];
-      const scopes = () => [...Deno.readDirSync(mount)].filter((e) => /^egress-\d+\.scope$/.test(e.name)).length;
-      const scopesBefore = scopes();
-      await Deno.writeTextFile(paths.policy, "allowed.egress.test\nbad..name\n");
-      const out = await egressCommand(topology, "start", [
-        "--policy",
-        paths.policy,
-        "--cgroup",
-        topology.cgroup.hierarchyPath,
-        "--state-dir",
-        paths.stateDir,
-        "--log",
-        paths.log,
-        "--control-socket",
-        paths.socket,
-        "--ready-file",
-        paths.ready,
-      ]);
-      assert.equal(out.code, 1);
-      assert.match(out.stderr, /ERROR policy: 2:\d+: /);
-      assert.match(out.stderr, /Cannot start egress: the policy has 1 error/);
-      assert.equal(await iptablesState(topology.runner), before);
-      assert.ok(!fileExists(paths.stateDir) && !fileExists(paths.log) && !fileExists(paths.socket));
-      assert.equal(await cgroupProgramCount(topology.cgroup), 0);
-      assert.ok(scopes() <= scopesBefore, "no egress cgroup was created");
-    } finally {
-      await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
-    }
-  });
-});
+testWhen(
+  reason,
+  "e2e: a policy with an error in enforce mode is refused before anything is touched",
+  async () => {
+    await withTopology("p", async (topology) => {
+      const paths = await daemonPaths("badpolicy");
+      try {
+        const before = await iptablesState(topology.runner);
+        const mount = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")
+          .find((line) => line.includes(" - cgroup2 "))!.split(" ")[4];
+        const scopes = () =>
+          [...Deno.readDirSync(mount)].filter((e) => /^egress-\d+\.scope$/.test(e.name)).length;
+        const scopesBefore = scopes();
+        await Deno.writeTextFile(paths.policy, "allowed.egress.test\nbad..name\n");
+        const out = await egressCommand(topology, "start", [
+          "--policy",
+          paths.policy,
+          "--cgroup",
+          topology.cgroup.hierarchyPath,
+          "--state-dir",
+          paths.stateDir,
+          "--log",
+          paths.log,
+          "--control-socket",
+          paths.socket,
+          "--ready-file",
+          paths.ready,
+        ]);
+        assert.equal(out.code, 1);
+        assert.match(out.stderr, /ERROR policy: 2:\d+: /);
+        assert.match(out.stderr, /Cannot start egress: the policy has 1 error/);
+        assert.equal(await iptablesState(topology.runner), before);
+        assert.ok(!fileExists(paths.stateDir) && !fileExists(paths.log) && !fileExists(paths.socket));
+        assert.equal(await cgroupProgramCount(topology.cgroup), 0);
+        assert.ok(scopes() <= scopesBefore, "no egress cgroup was created");
+      } finally {
+        await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
+      }
+    });
+  },
+);

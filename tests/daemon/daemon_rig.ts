@@ -61,7 +61,14 @@ export async function startInternet(topology: Topology, dir: string): Promise<In
   try {
     await server.waitFor("internet servers", () => server.stdout.includes('"ready":true'));
     await dns.waitFor("dnsmasq", async () => {
-      const probe = await topology.internet.tryExec(["dig", "+short", "+time=1", "+tries=1", `@${topology.internetIp}`, "probe.egress.test"]);
+      const probe = await topology.internet.tryExec([
+        "dig",
+        "+short",
+        "+time=1",
+        "+tries=1",
+        `@${topology.internetIp}`,
+        "probe.egress.test",
+      ]);
       return probe.stdout.trim() === topology.internetIp;
     });
   } catch (error) {
@@ -102,7 +109,11 @@ export function egressArgv(topology: Topology, command: string, args: string[]):
 }
 
 export class DaemonRun {
-  private constructor(readonly process: Background, readonly paths: DaemonPaths, readonly topology: Topology) {}
+  private constructor(
+    readonly process: Background,
+    readonly paths: DaemonPaths,
+    readonly topology: Topology,
+  ) {}
 
   static async start(
     topology: Topology,
@@ -130,7 +141,8 @@ export class DaemonRun {
     const run = new DaemonRun(process, paths, topology);
     try {
       // The ready file holds the daemon's pid (a stale one from a killed run does not count).
-      const readyPid = () => Deno.readTextFile(paths.ready).then((text) => text.trim() === String(process.pid), () => false);
+      const readyPid = () =>
+        Deno.readTextFile(paths.ready).then((text) => text.trim() === String(process.pid), () => false);
       await process.waitFor("egress start", readyPid, 60_000);
       await Deno.writeTextFile(paths.egressCa, await Deno.readTextFile(`${paths.stateDir}/ca.pem`));
       await Deno.chmod(paths.egressCa, 0o644);
@@ -162,7 +174,11 @@ export class DaemonRun {
       const found = (await this.logLines()).find(predicate);
       if (found) return found;
       if (Date.now() > deadline) {
-        throw new Error(`no log line for ${what}; log:\n${(await this.logLines()).map((l) => JSON.stringify(l)).join("\n")}`);
+        throw new Error(
+          `no log line for ${what}; log:\n${
+            (await this.logLines()).map((l) => JSON.stringify(l)).join("\n")
+          }`,
+        );
       }
       await new Promise((resolve) => setTimeout(resolve, 50));
     }

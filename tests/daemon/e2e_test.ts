@@ -13,7 +13,7 @@ import {
   type Topology,
   withTopology,
 } from "../helpers/netns.ts";
-import { DaemonRun, daemonPaths, egressCommand, startInternet } from "./daemon_rig.ts";
+import { daemonPaths, DaemonRun, egressCommand, startInternet } from "./daemon_rig.ts";
 import { loadRealParts } from "../../src/daemon/parts.ts";
 
 const schema = JSON.parse(await Deno.readTextFile(new URL("../../src/log/schema.json", import.meta.url)));
@@ -72,7 +72,8 @@ async function dig(rig: Rig, name: string, extra: string[] = []): Promise<string
     { netns: rig.topology.runner, cgroup: rig.topology.cgroup },
     ["/usr/bin/dig", "+time=2", "+tries=1", `@${rig.ip}`, name, ...extra],
   );
-  const status = /status: (\w+)/.exec(out.stdout)?.[1] ?? `no answer (${out.stdout.trim().split("\n").at(-1)})`;
+  const status = /status: (\w+)/.exec(out.stdout)?.[1] ??
+    `no answer (${out.stdout.trim().split("\n").at(-1)})`;
   const answer = out.stdout.split("\n").find((line) => line.startsWith(name + "."))?.split(/\s+/).at(-1);
   return status === "NOERROR" ? answer ?? "NOERROR without answer" : status;
 }
@@ -144,7 +145,10 @@ testWhen(reason, "e2e: enforce mode over real clients, servers and kernel; clean
     const ip = topology.internetIp;
     let run: DaemonRun | undefined;
     try {
-      run = await DaemonRun.start(topology, paths, { policy: policyFor(ip, topology.extraIp), upstreamCa: pki.caPath });
+      run = await DaemonRun.start(topology, paths, {
+        policy: policyFor(ip, topology.extraIp),
+        upstreamCa: pki.caPath,
+      });
       const rig: Rig = { topology, run, caPath: pki.caPath, ip };
       const ourPrograms = await cgroupProgramCount(topology.cgroup);
       assert.ok(ourPrograms > 0, "BPF programs attached to the test cgroup");
@@ -152,7 +156,10 @@ testWhen(reason, "e2e: enforce mode over real clients, servers and kernel; clean
       await t.step("allowed host over HTTPS (curl), with process fields", async () => {
         const out = await curl(rig, ["https://allowed.egress.test/hello"]);
         assert.equal(out.stdout, "GET /hello allowed.egress.test\n", out.stderr);
-        const line = await run!.waitForLine("allowed https", (l) => l.url === "https://allowed.egress.test/hello");
+        const line = await run!.waitForLine(
+          "allowed https",
+          (l) => l.url === "https://allowed.egress.test/hello",
+        );
         assert.equal(line.type, "https");
         assert.equal(line.policy, "allow");
         assert.equal(line.rule, "allowed.egress.test");
@@ -200,34 +207,64 @@ testWhen(reason, "e2e: enforce mode over real clients, servers and kernel; clean
           "https://api.egress.test/v1/items",
         ]);
         // num_connects 0 on the second transfer: it reused the first one's connection.
-        assert.equal(out.stdout, "GET /v1/items api.egress.test\n|200|1\nBlocked by egress policy|403|0\n", out.stderr);
+        assert.equal(
+          out.stdout,
+          "GET /v1/items api.egress.test\n|200|1\nBlocked by egress policy|403|0\n",
+          out.stderr,
+        );
         const post = await run!.waitForLine("POST", (l) => l.method === "POST");
-        const get = await run!.waitForLine("GET", (l) => l.method === "GET" && l.url === "https://api.egress.test/v1/items");
+        const get = await run!.waitForLine(
+          "GET",
+          (l) => l.method === "GET" && l.url === "https://api.egress.test/v1/items",
+        );
         assert.equal(post.policy, "deny");
         assert.equal(get.policy, "allow");
         assert.equal(post.src_port, get.src_port, "same client connection");
       });
 
-      await t.step("DNS: allowed name answered (fills the cache), denied name REFUSED, both logged", async () => {
-        assert.equal(await dig(rig, "allowed.egress.test"), ip);
-        assert.equal(await dig(rig, "denied.egress.test"), "REFUSED");
-        assert.equal(await dig(rig, "allowed.egress.test", ["+tcp"]), ip);
-        const answer = await run!.waitForLine("dns_response", (l) => l.type === "dns_response" && l.name === "allowed.egress.test");
-        assert.deepEqual(answer.answers, [ip]);
-        const refused = await run!.waitForLine("dns deny", (l) => l.type === "dns" && l.name === "denied.egress.test");
-        assert.equal(refused.policy, "deny");
-        assert.equal(refused.dst_ip, ip);
-        assert.equal(refused.dst_port, 53);
-        assert.equal(refused.exe, "/usr/bin/dig");
-      });
+      await t.step(
+        "DNS: allowed name answered (fills the cache), denied name REFUSED, both logged",
+        async () => {
+          assert.equal(await dig(rig, "allowed.egress.test"), ip);
+          assert.equal(await dig(rig, "denied.egress.test"), "REFUSED");
+          assert.equal(await dig(rig, "allowed.egress.test", ["+tcp"]), ip);
+          const answer = await run!.waitForLine(
+            "dns_response",
+            (l) => l.type === "dns_response" && l.name === "allowed.egress.test",
+          );
+          assert.deepEqual(answer.answers, [ip]);
+          const refused = await run!.waitForLine(
+            "dns deny",
+            (l) => l.type === "dns" && l.name === "denied.egress.test",
+          );
+          assert.equal(refused.policy, "deny");
+          assert.equal(refused.dst_ip, ip);
+          assert.equal(refused.dst_port, 53);
+          assert.equal(refused.exe, "/usr/bin/dig");
+        },
+      );
 
       await t.step("passthrough: the client sees the upstream certificate", async () => {
         assert.equal(await dig(rig, "pass.egress.test"), ip, "corroborates the name for the flag");
         const out = await client(
           { netns: topology.runner, cgroup: topology.cgroup },
-          ["/usr/bin/curl", "-sS", "--max-time", "8", "--cacert", pki.caPath, "--resolve", `pass.egress.test:443:${ip}`, "https://pass.egress.test/p"],
+          [
+            "/usr/bin/curl",
+            "-sS",
+            "--max-time",
+            "8",
+            "--cacert",
+            pki.caPath,
+            "--resolve",
+            `pass.egress.test:443:${ip}`,
+            "https://pass.egress.test/p",
+          ],
         );
-        assert.equal(out.stdout, "GET /p pass.egress.test\n", out.stderr + JSON.stringify(await run!.logLines()));
+        assert.equal(
+          out.stdout,
+          "GET /p pass.egress.test\n",
+          out.stderr + JSON.stringify(await run!.logLines()),
+        );
         const line = await run!.waitForLine("passthrough", (l) => l.host === "pass.egress.test");
         assert.equal(line.passthrough, true);
       });
@@ -235,12 +272,19 @@ testWhen(reason, "e2e: enforce mode over real clients, servers and kernel; clean
       await t.step("insecure: self-signed upstream accepted only with the flag", async () => {
         assert.equal(await dig(rig, "insecure.egress.test"), ip);
         const ok = await curl(rig, ["https://insecure.egress.test:8443/i"]);
-        assert.equal(ok.stdout, "GET /i insecure.egress.test\n", ok.stderr + JSON.stringify(await run!.logLines()));
+        assert.equal(
+          ok.stdout,
+          "GET /i insecure.egress.test\n",
+          ok.stderr + JSON.stringify(await run!.logLines()),
+        );
         const strict = await curl(rig, ["-w", "|%{http_code}", "https://strict.egress.test:8443/s"]);
         assert.match(strict.stdout, /\|502$/);
         const line = await run!.waitForLine("upstream_tls_failed", (l) => l.error === "upstream_tls_failed");
         assert.equal(line.url, "https://strict.egress.test:8443/s");
-        const insecure = await run!.waitForLine("insecure", (l) => l.url === "https://insecure.egress.test:8443/i");
+        const insecure = await run!.waitForLine(
+          "insecure",
+          (l) => l.url === "https://insecure.egress.test:8443/i",
+        );
         assert.equal(insecure.insecure, true);
       });
 
@@ -252,7 +296,11 @@ testWhen(reason, "e2e: enforce mode over real clients, servers and kernel; clean
 
       await t.step("node and python trust the egress CA through the environment", async () => {
         const node = await client(
-          { netns: topology.runner, cgroup: topology.cgroup, env: { NODE_EXTRA_CA_CERTS: run!.paths.egressCa } },
+          {
+            netns: topology.runner,
+            cgroup: topology.cgroup,
+            env: { NODE_EXTRA_CA_CERTS: run!.paths.egressCa },
+          },
           [
             "/usr/bin/node",
             "-e",
@@ -278,48 +326,69 @@ print(c.getresponse().read().decode().strip())
         assert.equal(line.exe, "/usr/bin/node");
       });
 
-      await t.step("raw TCP allowed by IP and by DNS cache name (server speaks first), denied elsewhere", async () => {
-        const echo = lastJson(await python(rig, PY_TCP, [ip, "7000", "ping"]));
-        assert.deepEqual([echo.ok, echo.data], [true, "ping"]);
-        const before = lastJson(await python(rig, PY_TCP, [ip, "7001", ""]));
-        assert.ok(!before.ok || before.data === "", `denied before the name was resolved: ${JSON.stringify(before)}`);
-        assert.equal(await dig(rig, "banner.egress.test"), ip);
-        const banner = lastJson(await python(rig, PY_TCP, [ip, "7001", ""]));
-        assert.equal(banner.data, "HELLO from the banner server\n");
-        const named = await run!.waitForLine("tcp 7001 by name", (l) => l.type === "tcp" && l.dst_port === 7001 && l.policy === "allow");
-        assert.equal(named.host, "banner.egress.test");
-        const denied = lastJson(await python(rig, PY_TCP, [ip, "7002", "ping"]));
-        assert.ok(!denied.ok || denied.data === "", JSON.stringify(denied));
-        const line = await run!.waitForLine("tcp 7000", (l) => l.type === "tcp" && l.dst_port === 7000);
-        assert.equal(line.policy, "allow");
-        assert.equal(line.pid, echo.pid);
-        assert.equal(line.src_port, echo.port);
-        const deniedLine = await run!.waitForLine("tcp 7002", (l) => l.type === "tcp" && l.dst_port === 7002);
-        assert.equal(deniedLine.policy, "deny");
-      });
+      await t.step(
+        "raw TCP allowed by IP and by DNS cache name (server speaks first), denied elsewhere",
+        async () => {
+          const echo = lastJson(await python(rig, PY_TCP, [ip, "7000", "ping"]));
+          assert.deepEqual([echo.ok, echo.data], [true, "ping"]);
+          const before = lastJson(await python(rig, PY_TCP, [ip, "7001", ""]));
+          assert.ok(
+            !before.ok || before.data === "",
+            `denied before the name was resolved: ${JSON.stringify(before)}`,
+          );
+          assert.equal(await dig(rig, "banner.egress.test"), ip);
+          const banner = lastJson(await python(rig, PY_TCP, [ip, "7001", ""]));
+          assert.equal(banner.data, "HELLO from the banner server\n");
+          const named = await run!.waitForLine(
+            "tcp 7001 by name",
+            (l) => l.type === "tcp" && l.dst_port === 7001 && l.policy === "allow",
+          );
+          assert.equal(named.host, "banner.egress.test");
+          const denied = lastJson(await python(rig, PY_TCP, [ip, "7002", "ping"]));
+          assert.ok(!denied.ok || denied.data === "", JSON.stringify(denied));
+          const line = await run!.waitForLine("tcp 7000", (l) => l.type === "tcp" && l.dst_port === 7000);
+          assert.equal(line.policy, "allow");
+          assert.equal(line.pid, echo.pid);
+          assert.equal(line.src_port, echo.port);
+          const deniedLine = await run!.waitForLine(
+            "tcp 7002",
+            (l) => l.type === "tcp" && l.dst_port === 7002,
+          );
+          assert.equal(deniedLine.policy, "deny");
+        },
+      );
 
       await t.step("plain HTTP: URL rule by IP allowed, spoofed Host header denied", async () => {
         const ok = await curl(rig, [`http://${ip}/plain`]);
         assert.equal(ok.stdout, `GET /plain ${ip}\n`, ok.stderr);
-        const spoof = await curl(rig, ["-w", "|%{http_code}", "-H", "Host: spoof.egress.test", `http://${ip}/x`]);
+        const spoof = await curl(rig, [
+          "-w",
+          "|%{http_code}",
+          "-H",
+          "Host: spoof.egress.test",
+          `http://${ip}/x`,
+        ]);
         assert.equal(spoof.stdout, "Blocked by egress policy|403");
         const line = await run!.waitForLine("spoof", (l) => l.url === "http://spoof.egress.test/x");
         assert.equal(line.reason, "host not corroborated");
       });
 
-      await t.step("UDP: allowed flow gets the fast-path connmark, denied datagrams are dropped", async () => {
-        const out = lastJson(await python(rig, PY_UDP, [ip, "9000,9001"]));
-        assert.equal(out["9000"], "egress-udp");
-        assert.equal(out["9001"], "timeout");
-        const entries = await topology.runner.exec(["conntrack", "-L", "-p", "udp", "--dport", "9000"]);
-        const mark = Number(/mark=(\d+)/.exec(entries)?.[1] ?? "0");
-        assert.ok((mark & 0x2000000) !== 0, entries);
-        const allowed = await run!.waitForLine("udp allow", (l) => l.type === "udp" && l.dst_port === 9000);
-        assert.equal(allowed.policy, "allow");
-        assert.match(String(allowed.exe), /^\/usr\/bin\/python3/);
-        const denied = await run!.waitForLine("udp deny", (l) => l.type === "udp" && l.dst_port === 9001);
-        assert.equal(denied.policy, "deny");
-      });
+      await t.step(
+        "UDP: allowed flow gets the fast-path connmark, denied datagrams are dropped",
+        async () => {
+          const out = lastJson(await python(rig, PY_UDP, [ip, "9000,9001"]));
+          assert.equal(out["9000"], "egress-udp");
+          assert.equal(out["9001"], "timeout");
+          const entries = await topology.runner.exec(["conntrack", "-L", "-p", "udp", "--dport", "9000"]);
+          const mark = Number(/mark=(\d+)/.exec(entries)?.[1] ?? "0");
+          assert.ok((mark & 0x2000000) !== 0, entries);
+          const allowed = await run!.waitForLine("udp allow", (l) => l.type === "udp" && l.dst_port === 9000);
+          assert.equal(allowed.policy, "allow");
+          assert.match(String(allowed.exe), /^\/usr\/bin\/python3/);
+          const denied = await run!.waitForLine("udp deny", (l) => l.type === "udp" && l.dst_port === 9001);
+          assert.equal(denied.policy, "deny");
+        },
+      );
 
       await t.step("direct connections to the proxy ports on local addresses are dropped", async () => {
         const result = lastJson(

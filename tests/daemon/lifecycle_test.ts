@@ -46,7 +46,15 @@ const START_ORDER = [
   "steering.install /egress-test.scope",
   "steering.flush",
 ];
-const STOP_ORDER = ["udp.close", "proxy.close", "dns.close", "steering.remove", "bpf.close", "conntrack.close", "cgroup.leave"];
+const STOP_ORDER = [
+  "udp.close",
+  "proxy.close",
+  "dns.close",
+  "steering.remove",
+  "bpf.close",
+  "conntrack.close",
+  "cgroup.leave",
+];
 
 async function startAndWait(rec: Recorder, env: Awaited<ReturnType<typeof setup>>, policy: string) {
   let stop: () => void = () => {};
@@ -100,7 +108,10 @@ Deno.test("daemon: starts in order, answers status/reload/shutdown, then cleans 
     assert.deepEqual(reloaded, { ok: true, text: "reloaded 3 rules" });
     assert.ok(rec.events.includes("steering.revoke"), "reload revokes the UDP fast path");
     const enforcer = rec.contexts[0].policy.enforcer;
-    assert.equal(enforcer.decide({ type: "https", dst_ip: "192.0.2.1", dst_port: 443, host: "example.org" }).allowed, true);
+    assert.equal(
+      enforcer.decide({ type: "https", dst_ip: "192.0.2.1", dst_port: 443, host: "example.org" }).allowed,
+      true,
+    );
 
     rec.events.length = 0;
     const bye = await sendControlCommand(env.config.controlSocket, "shutdown");
@@ -129,7 +140,10 @@ Deno.test("daemon: a failing startup step removes what was set up and exits 1", 
     assert.deepEqual(rec.events, [...START_ORDER.slice(0, 8), ...STOP_ORDER]);
     assert.ok(!exists(env.config.readyFile!), "no ready file");
     assert.ok(!exists(env.config.controlSocket), "no socket");
-    assert.match(await Deno.readTextFile(env.oplogPath), /ERROR startup failed: Cannot install packet steering: .*injected/);
+    assert.match(
+      await Deno.readTextFile(env.oplogPath),
+      /ERROR startup failed: Cannot install packet steering: .*injected/,
+    );
   } finally {
     env.oplog.close();
     await Deno.remove(env.dir, { recursive: true });
@@ -178,7 +192,10 @@ Deno.test("daemon: audit mode skips bad policy lines and reports them", async ()
     assert.equal(status.rules, 2);
     stop();
     assert.equal(await exit, 0);
-    assert.match(await Deno.readTextFile(env.oplogPath), /WARN policy: 2:\d+: .*\(line skipped, audit mode\)/);
+    assert.match(
+      await Deno.readTextFile(env.oplogPath),
+      /WARN policy: 2:\d+: .*\(line skipped, audit mode\)/,
+    );
   } finally {
     env.oplog.close();
     await Deno.remove(env.dir, { recursive: true });

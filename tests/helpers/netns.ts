@@ -69,7 +69,11 @@ export async function run(
   try {
     const result = await child.output();
     const decoder = new TextDecoder();
-    return { code: result.code, stdout: decoder.decode(result.stdout), stderr: decoder.decode(result.stderr) };
+    return {
+      code: result.code,
+      stdout: decoder.decode(result.stdout),
+      stderr: decoder.decode(result.stderr),
+    };
   } finally {
     clearTimeout(timer);
   }
@@ -77,7 +81,9 @@ export async function run(
 
 export async function mustRun(argv: string[], options: { stdin?: string } = {}): Promise<string> {
   const result = await run(argv, options);
-  if (result.code !== 0) throw new Error(`${argv.join(" ")} failed (${result.code}): ${result.stderr.trim()}`);
+  if (result.code !== 0) {
+    throw new Error(`${argv.join(" ")} failed (${result.code}): ${result.stderr.trim()}`);
+  }
   return result.stdout;
 }
 
@@ -159,7 +165,9 @@ export async function createTopology(tag: string): Promise<Topology> {
     await internet.exec(["ip", "link", "set", `${base}b`, "up"]);
     await internet.exec(["ip", "addr", "add", `${extraIp}/32`, "dev", `${base}b`]);
     await runner.exec(["ip", "route", "add", `${extraIp}/32`, "via", internetIp]);
-    await internet.exec(["ip", "route", "add", `${runnerIp}/32`, "dev", `${base}b`, "src", internetIp]).catch(() => {});
+    await internet.exec(["ip", "route", "add", `${runnerIp}/32`, "dev", `${base}b`, "src", internetIp]).catch(
+      () => {},
+    );
     const cgroup = createCgroup(`/${base}-clients`);
     undo.push(() => removeCgroup(cgroup));
     return { runner, internet, runnerIp, internetIp, extraIp, cgroup, remove };
@@ -215,9 +223,21 @@ export async function createTestPki(dir: string, names: string[], ip: string): P
   const o = (args: string[]) => mustRun(["openssl", ...args]);
   await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/ca.key`]);
   await o([
-    "req", "-x509", "-new", "-key", `${dir}/ca.key`, "-subj", `/CN=egress test CA ${RUN_ID}`, "-days", "2",
-    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    "-out", `${dir}/ca.pem`,
+    "req",
+    "-x509",
+    "-new",
+    "-key",
+    `${dir}/ca.key`,
+    "-subj",
+    `/CN=egress test CA ${RUN_ID}`,
+    "-days",
+    "2",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+    "-out",
+    `${dir}/ca.pem`,
   ]);
   await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/leaf.key`]);
   await o(["req", "-new", "-key", `${dir}/leaf.key`, "-subj", `/CN=${names[0]}`, "-out", `${dir}/leaf.csr`]);
@@ -227,13 +247,37 @@ export async function createTestPki(dir: string, names: string[], ip: string): P
     `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
   );
   await o([
-    "x509", "-req", "-in", `${dir}/leaf.csr`, "-CA", `${dir}/ca.pem`, "-CAkey", `${dir}/ca.key`,
-    "-CAcreateserial", "-days", "2", "-extfile", `${dir}/leaf.ext`, "-out", `${dir}/leaf.pem`,
+    "x509",
+    "-req",
+    "-in",
+    `${dir}/leaf.csr`,
+    "-CA",
+    `${dir}/ca.pem`,
+    "-CAkey",
+    `${dir}/ca.key`,
+    "-CAcreateserial",
+    "-days",
+    "2",
+    "-extfile",
+    `${dir}/leaf.ext`,
+    "-out",
+    `${dir}/leaf.pem`,
   ]);
   await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/self.key`]);
   await o([
-    "req", "-x509", "-new", "-key", `${dir}/self.key`, "-subj", `/CN=${names[0]}`, "-days", "2",
-    "-addext", `subjectAltName=${san}`, "-out", `${dir}/self.pem`,
+    "req",
+    "-x509",
+    "-new",
+    "-key",
+    `${dir}/self.key`,
+    "-subj",
+    `/CN=${names[0]}`,
+    "-days",
+    "2",
+    "-addext",
+    `subjectAltName=${san}`,
+    "-out",
+    `${dir}/self.pem`,
   ]);
   await Deno.chmod(`${dir}/ca.pem`, 0o644);
   const read = (name: string) => Deno.readTextFile(`${dir}/${name}`);
@@ -292,7 +336,11 @@ export class Background {
   }
 
   /** Waits until `predicate` holds (checked every 50 ms); throws on timeout or early exit. */
-  async waitFor(what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  async waitFor(
+    what: string,
+    predicate: () => boolean | Promise<boolean>,
+    timeoutMs = 30_000,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!(await predicate())) {
       if (this.exited) throw new Error(`${what}: the process exited first\n${this.#stderr.slice(-4000)}`);
@@ -349,7 +397,9 @@ export async function iptablesState(netns: Netns): Promise<string> {
     if (line.startsWith("*")) current = [line];
     else current.push(line);
     if (line === "COMMIT") {
-      const meaningful = current.some((l) => l.startsWith("-") || (l.startsWith(":") && !/ ACCEPT \[0:0\]$/.test(l)));
+      const meaningful = current.some((l) =>
+        l.startsWith("-") || (l.startsWith(":") && !/ ACCEPT \[0:0\]$/.test(l))
+      );
       if (meaningful) tables.push(current.join("\n"));
     }
   }
@@ -358,7 +408,9 @@ export async function iptablesState(netns: Netns): Promise<string> {
 
 /** Loaded BPF programs whose name starts with `prefix`. */
 export async function bpfProgramIds(prefix = "egress_"): Promise<Set<number>> {
-  const programs = JSON.parse(await mustRun(["bpftool", "-j", "prog", "show"])) as Array<{ id: number; name?: string }>;
+  const programs = JSON.parse(await mustRun(["bpftool", "-j", "prog", "show"])) as Array<
+    { id: number; name?: string }
+  >;
   return new Set(programs.filter((p) => p.name?.startsWith(prefix)).map((p) => p.id));
 }
 

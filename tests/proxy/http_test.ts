@@ -190,6 +190,18 @@ function framingUpstream(ip: string): Upstream {
         );
       } else if (path === "/empty") {
         await writeAll(conn, encode("HTTP/1.1 204 No Content\r\n\r\n"));
+      } else if (path === "/h2c") {
+        // Reports what arrived; switches protocols if it was asked to.
+        const asked = /\r\nupgrade: *h2c/i.test(head);
+        if (asked) {
+          await writeAll(conn, encode("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"));
+          return;
+        }
+        const seen = JSON.stringify(head.split("\r\n").slice(1));
+        await writeAll(conn, encode(`HTTP/1.1 200 OK\r\nContent-Length: ${seen.length}\r\n\r\n${seen}`));
+      } else if (path === "/rogue101") {
+        await writeAll(conn, encode("HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\n\r\n"));
+        return;
       } else if (path === "/upgrade") {
         await writeAll(
           conn,
@@ -462,5 +474,60 @@ Deno.test("http: an upstream that dropped its idle keep-alive connection is repl
   } finally {
     await proxy.close();
     await upstream.close();
+  }
+});
+
+Deno.test("http: an h2c upgrade is stripped and an unasked 101 is refused", async () => {
+  const upstream = framingUpstream("127.0.0.3");
+  const proxy = await proxyUnderTest({
+    policy: `127.0.0.3:${upstream.port}`,
+    target: { ip: "127.0.0.3", port: upstream.port },
+  });
+  try {
+    const conn = await connect(proxy);
+    try {
+      await writeAll(
+        conn,
+        encode(
+          "GET /h2c HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade, HTTP2-Settings, keep-alive\r\n" +
+            "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nX-Keep: 1\r\n\r\n",
+        ),
+      );
+      const response = await readResponse(conn);
+      assert.equal(response.status, 200);
+      assert.deepEqual(JSON.parse(response.body), ["Host: x.test", "Connection: keep-alive", "X-Keep: 1"]);
+    } finally {
+      conn.close();
+    }
+    const rogue = await connect(proxy);
+    try {
+      await writeAll(rogue, encode("GET /rogue101 HTTP/1.1\r\nHost: x.test\r\n\r\n"));
+      assert.equal((await readResponse(rogue)).status, 502);
+    } finally {
+      rogue.close();
+    }
+  } finally {
+    await proxy.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("http: an HTTP/1.0 request without Host is judged by the original IP", async () => {
+  const s = await setup("127.0.0.3", (p) => `127.0.0.3:${p}`);
+  try {
+    const conn = await connect(s.proxy);
+    try {
+      await writeAll(conn, encode("GET /old HTTP/1.0\r\n\r\n"));
+      const got = decode(await readAll(conn, 1 << 16, 3000));
+      assert.match(got, /^HTTP\/1\.[01] 200/);
+      assert.match(got, /"path":"\/old"/);
+    } finally {
+      conn.close();
+    }
+    await eventually(() => s.proxy.log.lines.length >= 1);
+    assert.equal(s.proxy.log.lines[0].url, `http://127.0.0.3:${s.upstream.port}/old`);
+    assert.equal(s.proxy.log.lines[0].policy, "allow");
+  } finally {
+    await teardown(s);
   }
 });

@@ -330,3 +330,30 @@ Deno.test("tcp: close() aborts idle in-flight connections within the grace bound
     await upstream.close();
   }
 });
+
+Deno.test("tcp: a destination that is the proxy itself is refused (no loop); mapped IPv4 is plain IPv4", async () => {
+  const upstream = echoUpstream("127.0.0.5");
+  const proxy = await proxyUnderTest({ policy: "0.0.0.0/0:*" });
+  try {
+    proxy.target = { ip: "127.0.0.1", port: proxy.port };
+    const conn = await connect(proxy.port);
+    await writeAll(conn, encode("loop?"));
+    assert.equal((await readAll(conn, 10, 2000)).length, 0);
+    conn.close();
+    await eventually(() => proxy.log.lines.length >= 1);
+    assert.equal(proxy.log.lines.length, 1);
+    assert.equal(proxy.log.lines[0].reason, "original destination unknown");
+    proxy.target = { ip: "::ffff:127.0.0.5", port: upstream.port };
+    const mapped = await connect(proxy.port);
+    await writeAll(mapped, encode("mapped"));
+    await mapped.closeWrite();
+    assert.equal(decode(await readAll(mapped, 100, 3000)), "mapped");
+    mapped.close();
+    await eventually(() => proxy.log.lines.length >= 2);
+    assert.equal(proxy.log.lines[1].dst_ip, "127.0.0.5");
+    assert.equal(proxy.log.lines[1].policy, "allow");
+  } finally {
+    await proxy.close();
+    await upstream.close();
+  }
+});

@@ -96,7 +96,10 @@ Deno.test("api: POST text and JSON, PATCH, DELETE (body and query), empty POST r
   assert.equal(withEntry.json().defaultAction, "allow"); // text PATCH keeps the default
   const deleted = await call(context, "DELETE", "/policy?target=a.com&target=C.com");
   assert.deepEqual(deleted.json().egress.map((e: { target: string }) => e.target), ["b.com", "10.0.0.0/8"]);
-  const deletedBody = await call(context, "DELETE", "/policy", { type: "application/json", body: '{"targets":["b.com"]}' });
+  const deletedBody = await call(context, "DELETE", "/policy", {
+    type: "application/json",
+    body: '{"targets":["b.com"]}',
+  });
   assert.deepEqual(deletedBody.json().egress.map((e: { target: string }) => e.target), ["10.0.0.0/8"]);
   assert.equal((await call(context, "DELETE", "/policy")).status, 400);
   const reset = await call(context, "POST", "/policy");
@@ -115,7 +118,10 @@ Deno.test("api: 400 with line/column, 405, 413, 415, 404, 500; a rejected reques
 
   const badText = await call(context, "POST", "/policy", { type: "text/plain", body: "ok.com\nx.com:0\n" });
   assert.equal(badText.status, 400);
-  assert.deepEqual(badText.json().errors.map((e: { line: number; column: number }) => [e.line, e.column]), [[2, 7]]);
+  assert.deepEqual(badText.json().errors.map((e: { line: number; column: number }) => [e.line, e.column]), [[
+    2,
+    7,
+  ]]);
   assert.deepEqual(Object.keys(badText.json().errors[0]), ["line", "column", "message", "text"]);
   const badJson = await call(context, "PATCH", "/policy", {
     type: "application/json",
@@ -125,7 +131,9 @@ Deno.test("api: 400 with line/column, 405, 413, 415, 404, 500; a rejected reques
   assert.deepEqual([badJson.json().errors[0].line, badJson.json().errors[0].column], [2, 0]);
   const cap = await call(context, "POST", "/policy", {
     type: "application/json",
-    body: JSON.stringify({ egress: Array.from({ length: 4097 }, (_, i) => ({ target: `h${i}.example.com` })) }),
+    body: JSON.stringify({
+      egress: Array.from({ length: 4097 }, (_, i) => ({ target: `h${i}.example.com` })),
+    }),
   });
   assert.equal(cap.status, 400);
   assert.equal(cap.json().errors[0].message, "at most 4096 rules");

@@ -7,7 +7,14 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 export const MOD = `${ROOT}mod.ts`;
 const WORLD_SERVER = new URL("./fixtures/world_server.ts", import.meta.url).pathname;
 
-const TOOLS = ["/usr/sbin/ip", "/usr/bin/nsenter", "/usr/bin/setpriv", "/usr/sbin/nft", "/usr/bin/dig", "/usr/bin/curl"];
+const TOOLS = [
+  "/usr/sbin/ip",
+  "/usr/bin/nsenter",
+  "/usr/bin/setpriv",
+  "/usr/sbin/nft",
+  "/usr/bin/dig",
+  "/usr/bin/curl",
+];
 
 export function sidecarTestsUnmet(): string | undefined {
   return unmet([
@@ -68,13 +75,29 @@ export class Topology {
 
   /** Unique names per run and per topology (parallel runs never collide). */
   static async create(): Promise<Topology> {
-    const id = `esc${(Deno.pid % 1296).toString(36)}${Math.floor(Math.random() * 1296).toString(36)}${counter++}`;
+    const id = `esc${(Deno.pid % 1296).toString(36)}${
+      Math.floor(Math.random() * 1296).toString(36)
+    }${counter++}`;
     const t = new Topology(id);
     try {
       await must(["ip", "netns", "add", t.pod]);
       await must(["ip", "netns", "add", t.world]);
       const vp = `${id}a`, vw = `${id}b`;
-      await must(["ip", "link", "add", vp, "netns", t.pod, "type", "veth", "peer", "name", vw, "netns", t.world]);
+      await must([
+        "ip",
+        "link",
+        "add",
+        vp,
+        "netns",
+        t.pod,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        vw,
+        "netns",
+        t.world,
+      ]);
       const inPod = (...a: string[]) => must(["ip", "-n", t.pod, ...a]);
       const inWorld = (...a: string[]) => must(["ip", "-n", t.world, ...a]);
       await inPod("link", "set", "lo", "up");
@@ -141,7 +164,12 @@ export class Topology {
   }
 
   /** `dig` in the app; returns the answer addresses and the status. */
-  async dig(name: string, type = "A", server = WORLD4, tcp = false): Promise<{ status: string; addresses: string[] }> {
+  async dig(
+    name: string,
+    type = "A",
+    server = WORLD4,
+    tcp = false,
+  ): Promise<{ status: string; addresses: string[] }> {
     const r = await this.app([
       "dig",
       `@${server}`,
@@ -151,15 +179,28 @@ export class Topology {
       "+tries=1",
       ...(tcp ? ["+tcp"] : []),
     ]);
-    const status = /status: ([A-Z]+)/.exec(r.stdout)?.[1] ?? `no reply (${r.stdout.trim().split("\n").pop()})`;
-    const addresses = [...r.stdout.matchAll(/^[^;\s]\S*\s+\d+\s+IN\s+(?:A|AAAA)\s+(\S+)$/gm)].map((m) => m[1]);
+    const status = /status: ([A-Z]+)/.exec(r.stdout)?.[1] ??
+      `no reply (${r.stdout.trim().split("\n").pop()})`;
+    const addresses = [...r.stdout.matchAll(/^[^;\s]\S*\s+\d+\s+IN\s+(?:A|AAAA)\s+(\S+)$/gm)].map((m) =>
+      m[1]
+    );
     return { status, addresses };
   }
 
   /** TCP connect from the app within 1.5 s; true when the peer's "ok" banner arrived. */
   async connects(address: string, port: number): Promise<boolean> {
     const host = address.includes(":") ? `[${address}]` : address;
-    const r = await this.app(["curl", "-s", "--max-time", "1.5", "-o", "/dev/null", "-w", "%{http_code}", `http://${host}:${port}/`]);
+    const r = await this.app([
+      "curl",
+      "-s",
+      "--max-time",
+      "1.5",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code}",
+      `http://${host}:${port}/`,
+    ]);
     // the banner peers answer "ok\n" (HTTP/0.9 to curl: exit 1 or 8 with output); HTTP peers 200
     if (port === 80) return r.stdout.trim() === "200";
     return r.code !== 28 && r.code !== 7 && (r.code === 0 || r.code === 1 || r.code === 8 || r.code === 56);
@@ -262,7 +303,10 @@ export async function startSidecar(
     } catch {
       // not yet
     }
-    const exited = await Promise.race([process.status.then(() => true), new Promise((r) => setTimeout(() => r(false), 100))]);
+    const exited = await Promise.race([
+      process.status.then(() => true),
+      new Promise((r) => setTimeout(() => r(false), 100)),
+    ]);
     if (exited || Date.now() > deadline) {
       await handle.stop();
       throw new Error(`sidecar did not become ready:\n${err}`);
@@ -279,7 +323,19 @@ export async function api(
   options: { body?: string; type?: string; token?: string | null } = {},
 ): Promise<{ status: number; body: string }> {
   const token = options.token === undefined ? handle.token : options.token;
-  const args = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, `${handle.api}${path}`, "--max-time", "10"];
+  const args = [
+    "curl",
+    "-s",
+    "-o",
+    "-",
+    "-w",
+    "\n%{http_code}",
+    "-X",
+    method,
+    `${handle.api}${path}`,
+    "--max-time",
+    "10",
+  ];
   if (token !== null) args.push("-H", `Authorization: Bearer ${token}`);
   if (options.type !== undefined) args.push("-H", `Content-Type: ${options.type}`);
   if (options.body !== undefined) args.push("--data-binary", "@-");

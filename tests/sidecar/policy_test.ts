@@ -85,7 +85,9 @@ Deno.test("json policy: syntax errors point at the line, bad shapes are line 0",
 });
 
 Deno.test("text policy: network rules become allow entries with ports and protocol", () => {
-  const policy = ok(parseTextPolicy("pypi.org\n*.svc.cluster.local:*\n10.1.2.3/8:53/udp\ndns:only.example.com\n"));
+  const policy = ok(
+    parseTextPolicy("pypi.org\n*.svc.cluster.local:*\n10.1.2.3/8:53/udp\ndns:only.example.com\n"),
+  );
   assert.deepEqual(policy, {
     defaultAction: "deny",
     egress: [
@@ -117,7 +119,8 @@ Deno.test("text policy: syntax errors keep the library's line and column", () =>
 });
 
 Deno.test("policy cap: 4096 rules are fine, 4097 are refused", () => {
-  const entries = (n: number) => Array.from({ length: n }, (_, i) => ({ target: `10.${i >> 8}.${i & 255}.1` }));
+  const entries = (n: number) =>
+    Array.from({ length: n }, (_, i) => ({ target: `10.${i >> 8}.${i & 255}.1` }));
   assert.equal(parseJsonPolicy(JSON.stringify({ egress: entries(MAX_RULES) })).ok, true);
   const over = parseJsonPolicy(JSON.stringify({ egress: entries(MAX_RULES + 1) }));
   assert.equal(over.ok, false);
@@ -126,7 +129,11 @@ Deno.test("policy cap: 4096 rules are fine, 4097 are refused", () => {
   const overText = parseTextPolicy(text);
   assert.equal(overText.ok, false);
   const base = ok(parseJsonPolicy(JSON.stringify({ egress: entries(MAX_RULES) })));
-  const patched = patchPolicy(base, { defaultAction: "deny", egress: [{ action: "allow", target: "x.com" }] }, false);
+  const patched = patchPolicy(
+    base,
+    { defaultAction: "deny", egress: [{ action: "allow", target: "x.com" }] },
+    false,
+  );
   assert.equal(patched.ok, false);
 });
 
@@ -137,7 +144,11 @@ Deno.test("empty body is deny-all", () => {
 
 Deno.test("patch replaces same targets (case-insensitive), delete removes them", () => {
   const base = ok(parseJsonPolicy('{"egress":[{"target":"A.com"},{"target":"b.com"}]}'));
-  const patched = patchPolicy(base, ok(parseJsonPolicy('{"egress":[{"target":"a.com","ports":[22]}]}')), false);
+  const patched = patchPolicy(
+    base,
+    ok(parseJsonPolicy('{"egress":[{"target":"a.com","ports":[22]}]}')),
+    false,
+  );
   assert.ok(patched.ok);
   if (!patched.ok) return;
   assert.deepEqual(patched.policy.egress, [{ action: "allow", target: "b.com" }, {
@@ -168,7 +179,9 @@ Deno.test("judgeName: deny beats allow, wildcards, dns: rules grant no addresses
   assert.deepEqual(dnsOnly.grants, []);
   assert.equal(judgeName(compiled, "example.com").policy, "deny");
   assert.equal(judgeName(compiled, "example.com").reason, "name not allowed");
-  const open = compilePolicy(ok(parseJsonPolicy('{"defaultAction":"allow","egress":[{"action":"deny","target":"x.org"}]}')));
+  const open = compilePolicy(
+    ok(parseJsonPolicy('{"defaultAction":"allow","egress":[{"action":"deny","target":"x.org"}]}')),
+  );
   assert.equal(judgeName(open, "y.org").policy, "allow");
   assert.equal(judgeName(open, "x.org").policy, "deny");
 });
@@ -209,7 +222,9 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
     "10.2.0.0-10.2.255.255 . tcp . 53",
     "10.2.0.0-10.2.255.255 . udp . 53",
   ]);
-  assert.deepEqual(staticElements(compiled, "deny", 6, "addr"), ["2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"]);
+  assert.deepEqual(staticElements(compiled, "deny", 6, "addr"), [
+    "2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+  ]);
   assert.deepEqual(staticElements(compiled, "allow", 4, "proto"), ["192.0.2.1 . udp"]);
   const text = buildTableTransaction({
     filter: true,
@@ -223,8 +238,20 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
   });
   const lines = text.trim().split("\n");
   assert.deepEqual(lines.slice(0, 2), ["add table inet egress", "flush table inet egress"]);
-  const order = ["oif lo accept", "ct state established,related accept", "meta mark 0x1 accept", "th dport 853", "@doh4", "@deny4_addr", "@allow4_addr", "@dyn4_addr", "output counter name"];
-  const positions = order.map((needle) => lines.findIndex((l) => l.startsWith("add rule inet egress output") && l.includes(needle)));
+  const order = [
+    "oif lo accept",
+    "ct state established,related accept",
+    "meta mark 0x1 accept",
+    "th dport 853",
+    "@doh4",
+    "@deny4_addr",
+    "@allow4_addr",
+    "@dyn4_addr",
+    "output counter name",
+  ];
+  const positions = order.map((needle) =>
+    lines.findIndex((l) => l.startsWith("add rule inet egress output") && l.includes(needle))
+  );
   assert.ok(positions.every((p) => p >= 0), JSON.stringify(positions));
   assert.deepEqual([...positions].sort((a, b) => a - b), positions);
   assert.ok(lines.includes("add element inet egress doh4 { 9.9.9.9 }"));
@@ -308,12 +335,21 @@ Deno.test("upstreams and host-network check", () => {
   assert.deepEqual(parseUpstream("[fd00::a]:54"), { address: "fd00::a", port: 54 });
   assert.deepEqual(parseUpstream("fd00::a"), { address: "fd00::a", port: 53 });
   assert.equal(parseUpstream("dns.google"), undefined);
-  assert.deepEqual(resolvConfNameservers("search x\nnameserver 10.0.0.10\nnameserver fe80::1%eth0\n#nameserver 1.1.1.1\n"), [
-    { address: "10.0.0.10", port: 53 },
-    { address: "fe80::1", port: 53 },
-  ]);
+  assert.deepEqual(
+    resolvConfNameservers("search x\nnameserver 10.0.0.10\nnameserver fe80::1%eth0\n#nameserver 1.1.1.1\n"),
+    [
+      { address: "10.0.0.10", port: 53 },
+      { address: "fe80::1", port: 53 },
+    ],
+  );
   const dev = "Inter-|\n face |\n    lo: 0 0\n  eth0: 0 0\n";
-  assert.match(hostNetworkReason({ podIp: "10.0.0.5", hostIp: "10.0.0.5" }, () => "", () => false)!, /EGRESS_POD_IP/);
+  assert.match(
+    hostNetworkReason({ podIp: "10.0.0.5", hostIp: "10.0.0.5" }, () => "", () => false)!,
+    /EGRESS_POD_IP/,
+  );
   assert.match(hostNetworkReason({}, () => dev, (p) => p === "/sys/class/net/eth0/device")!, /eth0/);
-  assert.equal(hostNetworkReason({ podIp: "10.0.0.5", hostIp: "10.0.0.6" }, () => dev, () => false), undefined);
+  assert.equal(
+    hostNetworkReason({ podIp: "10.0.0.5", hostIp: "10.0.0.6" }, () => dev, () => false),
+    undefined,
+  );
 });

@@ -14,7 +14,11 @@ export function createSteering(): SteeringPart {
     async removeLeftovers(log) {
       const leftovers = await findLeftovers();
       if (leftovers.length === 0) return 0;
-      log(`steering chains of an earlier run: ${leftovers.map((left) => `${left.table} ${left.chain}`).join(", ")}`);
+      log(
+        `steering chains of an earlier run: ${
+          leftovers.map((left) => `${left.table} ${left.chain}`).join(", ")
+        }`,
+      );
       const report = await removeSteering({ log });
       return report.chains;
     },

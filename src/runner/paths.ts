@@ -1,0 +1,56 @@
+// Every system path the runner integration touches, relative to a root that tests set to a
+// temporary directory (EGRESS_TEST_ROOT), so tests never touch the machine's own sudoers, CA
+// store, runc or sysctls. Pure: no Deno API.
+
+/** Logical locations (what a process on the runner, or in a container, sees). */
+export const CA_SHARED_PATH = "/usr/local/share/egress/ca.pem";
+export const SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt";
+export const LOCAL_CA_CERT = "/usr/local/share/ca-certificates/egress.crt";
+export const SUDOERS_RUNNER = "/etc/sudoers.d/runner";
+export const RUNC = "/usr/bin/runc";
+export const RUNC_WRAPPER_SCRIPT = "/usr/local/share/egress/runc-wrapper.cjs";
+export const USERNS_CLONE_SYSCTL = "/proc/sys/kernel/unprivileged_userns_clone";
+export const MAX_USER_NAMESPACES_SYSCTL = "/proc/sys/user/max_user_namespaces";
+
+export type SystemPaths = {
+  /** "" on a real runner, else the test root every path below lives in */
+  root: string;
+  sudoersRunner: string;
+  caShared: string;
+  systemCaBundle: string;
+  localCaCert: string;
+  runc: string;
+  runcReal: string;
+  runcWrapperScript: string;
+  usernsClone: string;
+  maxUserNamespaces: string;
+};
+
+/** Paths under `root` ("" = the real system). */
+export function systemPaths(root = ""): SystemPaths {
+  const base = root.replace(/\/+$/, "");
+  const at = (path: string) => `${base}${path}`;
+  return {
+    root: base,
+    sudoersRunner: at(SUDOERS_RUNNER),
+    caShared: at(CA_SHARED_PATH),
+    systemCaBundle: at(SYSTEM_CA_BUNDLE),
+    localCaCert: at(LOCAL_CA_CERT),
+    runc: at(RUNC),
+    runcReal: at(`${RUNC}.real`),
+    runcWrapperScript: at(RUNC_WRAPPER_SCRIPT),
+    usernsClone: at(USERNS_CLONE_SYSCTL),
+    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL),
+  };
+}
+
+/** The CA variables exported to later steps (runner.md §6), for the logical paths. */
+export function caEnvironment(): Record<string, string> {
+  return {
+    NODE_EXTRA_CA_CERTS: CA_SHARED_PATH,
+    SSL_CERT_FILE: SYSTEM_CA_BUNDLE,
+    REQUESTS_CA_BUNDLE: SYSTEM_CA_BUNDLE,
+    AWS_CA_BUNDLE: SYSTEM_CA_BUNDLE,
+    HEX_CACERTS_PATH: SYSTEM_CA_BUNDLE,
+  };
+}
