@@ -190,7 +190,7 @@ function missingRequirements(): string[] {
   return missing;
 }
 
-export async function runDemo(argv: string[], uid: () => number = () => Deno.uid()): Promise<number> {
+export async function runDemo(argv: string[], uid: () => number | null = () => Deno.uid()): Promise<number> {
   const { flags } = parseArgs(
     argv,
     { help: { kind: "boolean", short: "h" }, verbose: { kind: "boolean", short: "v" } } as const,

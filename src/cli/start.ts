@@ -13,7 +13,7 @@ async function readInput(path: string, what: string): Promise<string> {
   }
 }
 
-export async function runStart(args: string[], uid: () => number = () => Deno.uid()): Promise<number> {
+export async function runStart(args: string[], uid: () => number | null = () => Deno.uid()): Promise<number> {
   const config = parseStartArgs(args, (key) => Deno.env.get(key));
   if (config === "help") {
     console.log(START_USAGE);

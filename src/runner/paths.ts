@@ -44,13 +44,24 @@ export function systemPaths(root = ""): SystemPaths {
   };
 }
 
-/** The CA variables exported to later steps (runner.md §6), for the logical paths. */
-export function caEnvironment(): Record<string, string> {
+export const CA_VARIABLES = [
+  "NODE_EXTRA_CA_CERTS",
+  "SSL_CERT_FILE",
+  "REQUESTS_CA_BUNDLE",
+  "AWS_CA_BUNDLE",
+  "HEX_CACERTS_PATH",
+] as const;
+
+/**
+ * The CA variables exported to later steps (runner.md §6): Node gets the egress CA as an extra
+ * certificate, the others the system bundle the CA was appended to.
+ */
+export function caEnvironment(paths: SystemPaths = systemPaths()): Record<string, string> {
   return {
-    NODE_EXTRA_CA_CERTS: CA_SHARED_PATH,
-    SSL_CERT_FILE: SYSTEM_CA_BUNDLE,
-    REQUESTS_CA_BUNDLE: SYSTEM_CA_BUNDLE,
-    AWS_CA_BUNDLE: SYSTEM_CA_BUNDLE,
-    HEX_CACERTS_PATH: SYSTEM_CA_BUNDLE,
+    NODE_EXTRA_CA_CERTS: paths.caShared,
+    SSL_CERT_FILE: paths.systemCaBundle,
+    REQUESTS_CA_BUNDLE: paths.systemCaBundle,
+    AWS_CA_BUNDLE: paths.systemCaBundle,
+    HEX_CACERTS_PATH: paths.systemCaBundle,
   };
 }

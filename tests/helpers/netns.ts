@@ -414,10 +414,15 @@ export async function bpfProgramIds(prefix = "egress_"): Promise<Set<number>> {
   return new Set(programs.filter((p) => p.name?.startsWith(prefix)).map((p) => p.id));
 }
 
+/** IDs of the programs attached to a cgroup (bpftool cgroup show). */
+export async function cgroupProgramIds(cgroup: CgroupPath): Promise<number[]> {
+  const text = (await mustRun(["bpftool", "-j", "cgroup", "show", cgroup.fsPath])).trim();
+  return text ? (JSON.parse(text) as Array<{ id: number }>).map((entry) => entry.id) : [];
+}
+
 /** Programs attached to a cgroup. */
 export async function cgroupProgramCount(cgroup: CgroupPath): Promise<number> {
-  const text = (await mustRun(["bpftool", "-j", "cgroup", "show", cgroup.fsPath])).trim();
-  return text ? (JSON.parse(text) as unknown[]).length : 0;
+  return (await cgroupProgramIds(cgroup)).length;
 }
 
 export async function withTopology<T>(tag: string, fn: (topology: Topology) => Promise<T>): Promise<T> {
