@@ -132,7 +132,7 @@ export function describeLogLine(line: Record<string, unknown>): string {
   const exe = typeof line.exe === "string" ? line.exe.split("/").at(-1) : "unknown process";
   const why = line.rule !== undefined ? `rule "${line.rule}"` : String(line.reason ?? "");
   const extra = line.error !== undefined ? ` (${line.error})` : line.passthrough ? " (passthrough)" : "";
-  return `  ${verdict} ${String(line.type).padEnd(12)} ${target}  ← ${exe}${
+  return `    egress: ${verdict} ${String(line.type).padEnd(5)} ${target}  ← ${exe}${
     line.pid ? ` [${line.pid}]` : ""
   }  ${why}${extra}`;
 }
@@ -348,7 +348,7 @@ export async function runDemo(argv: string[], uid: () => number | null = () => D
         ((performance.now() - started) / 1000).toFixed(1)
       } s)`,
     );
-    console.error("connections, as egress logs them:");
+    console.log("each client runs as nobody in the sandbox; egress's log line for it follows (on stderr)\n");
 
     tail = new LogTail(paths.log, (line) => console.error(describeLogLine(line)));
     // The clients run as nobody: a python3 shim under /root would not be executable for them.
@@ -361,10 +361,11 @@ export async function runDemo(argv: string[], uid: () => number | null = () => D
     });
     for (const step of steps(ip, caPath, python)) {
       if (interrupted) break;
+      console.log(`▸ ${step.what}`);
       const out = await abortable(sandbox.client(step.argv));
       await new Promise((resolve) => setTimeout(resolve, 150));
       await tail.poll();
-      console.log(`${step.what.padEnd(48)} → ${step.summarize(out)}`);
+      console.log(`    → ${step.summarize(out)}`);
     }
     if (!python) console.log("(python3 not found: the raw TCP and UDP samples were skipped)");
     await new Promise((resolve) => setTimeout(resolve, 200));

@@ -152,6 +152,9 @@ export async function runDaemon(
     }
     throw error;
   }
+  if (config.repository === undefined && /\{(owner|repo)\}/.test(policyText)) {
+    early.warn("policy: {owner}/{repo} placeholders without --repo or $GITHUB_REPOSITORY: using owner/repo");
+  }
   for (const issue of parsed.skipped) early.warn(`policy: ${formatIssue(issue)} (line skipped, audit mode)`);
   for (const issue of parsed.warnings) early.warn(`policy: warning: ${formatIssue(issue)}`);
 
@@ -248,7 +251,7 @@ export async function runDaemon(
   };
   const status = (): StatusReply => ({
     mode,
-    state: "running",
+    state: running.every((part) => part.healthy?.() ?? true) ? "running" : "degraded",
     rules: policy.policy.rules.length,
     restarts: 0,
     counters: counters(),

@@ -45,6 +45,8 @@ export interface RunningPart {
   /** Stop accepting and finish (bounded). */
   close(): Promise<void>;
   counters?(): Partial<Counters>;
+  /** false once the part has stopped working on its own (status then reports `degraded`). */
+  healthy?(): boolean;
 }
 
 export type SteeringSettings = {

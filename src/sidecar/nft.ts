@@ -233,18 +233,31 @@ function appendDynamic(lines: string[], elements: readonly DynamicElement[], ref
   }
 }
 
-/** Adds (or refreshes the timeout of) dynamic elements. Empty string when there is nothing to do. */
-export function buildDynamicUpdate(elements: readonly DynamicElement[]): string {
-  if (elements.length === 0) return "";
+/**
+ * Adds new dynamic elements and refreshes the timeout of existing ones (`refreshed`), in one
+ * transaction. Empty string when there is nothing to do. A plain `add` is much cheaper than the
+ * add/delete/add of a refresh (≈ 3.5 vs 16 ms here), so callers say which elements may exist.
+ */
+export function buildDynamicUpdate(
+  added: readonly DynamicElement[],
+  refreshed: readonly DynamicElement[] = [],
+): string {
+  if (added.length === 0 && refreshed.length === 0) return "";
   const lines: string[] = [];
-  appendDynamic(lines, dedupe(elements), true);
+  appendDynamic(lines, dedupe(refreshed), true);
+  appendDynamic(lines, dedupe(added), false);
   return lines.join("\n") + "\n";
+}
+
+/** Identity of a dynamic element (set and key, without timeout). */
+export function dynamicKey(element: DynamicElement): string {
+  return `${setName("dyn", element.family, element.shape)} ${elementText(element, false)}`;
 }
 
 function dedupe(elements: readonly DynamicElement[]): DynamicElement[] {
   const seen = new Map<string, DynamicElement>();
   for (const element of elements) {
-    const key = `${setName("dyn", element.family, element.shape)} ${elementText(element, false)}`;
+    const key = dynamicKey(element);
     const previous = seen.get(key);
     if (previous === undefined || previous.timeoutSeconds < element.timeoutSeconds) seen.set(key, element);
   }

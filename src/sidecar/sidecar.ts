@@ -11,6 +11,7 @@ import {
   clampTtl,
   type DynamicElement,
   dynamicElementsFor,
+  dynamicKey,
   Nft,
 } from "./nft.ts";
 import { type CompiledPolicy, compilePolicy, DENY_ALL, judgeName, type SidecarPolicy } from "./policy.ts";
@@ -63,6 +64,8 @@ export function hostNetworkReason(
 
 /** At most this much (and 10 % of the timeout) of an entry's lifetime is given up to skip a refresh. */
 const REFRESH_SLACK_MS = 10_000;
+/** An element this long past its expiry is gone from the kernel set: a plain `add` recreates it. */
+const EXPIRY_MARGIN_MS = 2_000;
 
 type Tracked = { family: Family; value: bigint; text: string; expiresAt: number };
 
@@ -80,6 +83,8 @@ export class Sidecar {
   #proxy: SidecarDnsProxy | undefined;
   /** name → address key → element data (only names whose answers entered the dynamic sets) */
   #tracked = new Map<string, Map<string, Tracked>>();
+  /** dynamicKey → expiry (ms) of what the kernel's dynamic sets hold, as far as we put it there */
+  #elements = new Map<string, number>();
   #lock: Promise<unknown> = Promise.resolve();
 
   constructor(options: SidecarOptions) {
@@ -187,6 +192,7 @@ export class Sidecar {
         }
         await this.#nft.apply(this.#transaction(policy, compiled, dynamic, false, true));
         this.#tracked = keep;
+        this.#elements = new Map(dynamic.map((e) => [dynamicKey(e), now + e.timeoutSeconds * 1000]));
       }
       this.#compiled = compiled;
       this.policyUpdates++;
@@ -204,20 +210,40 @@ export class Sidecar {
       const verdict = judgeName(this.#compiled, name);
       if (verdict.policy !== "allow" || verdict.grants.length === 0) return;
       const timeout = clampTtl(ttl);
-      const expiresAt = Date.now() + timeout * 1000;
-      const known = this.#tracked.get(name) ?? new Map<string, Tracked>();
-      // A repeated answer whose entries would gain less than REFRESH_SLACK skips the nft run
-      // (a process start per answer is the main cost of an allowed query).
+      const now = Date.now();
+      const expiresAt = now + timeout * 1000;
+      // An entry that would gain less than the slack is left alone: an nft run per answer is the
+      // main cost of an allowed query.
       const slack = Math.min(REFRESH_SLACK_MS, timeout * 100);
-      const stale = addresses.filter((a) =>
-        (known.get(`${a.family}/${a.value}`)?.expiresAt ?? 0) < expiresAt - slack
-      );
-      if (stale.length === 0) return;
-      const elements = stale.flatMap((a) => dynamicElementsFor(verdict.grants, a.family, a.value, timeout));
-      await this.#nft.apply(buildDynamicUpdate(elements));
-      for (const a of stale) known.set(`${a.family}/${a.value}`, { ...a, expiresAt });
+      const added: DynamicElement[] = [];
+      const refreshed: DynamicElement[] = [];
+      for (const address of addresses) {
+        for (const element of dynamicElementsFor(verdict.grants, address.family, address.value, timeout)) {
+          const present = this.#elements.get(dynamicKey(element));
+          if (present === undefined || present < now - EXPIRY_MARGIN_MS) added.push(element);
+          else if (present < expiresAt - slack) refreshed.push(element);
+        }
+      }
+      if (added.length > 0 || refreshed.length > 0) {
+        await this.#nft.apply(buildDynamicUpdate(added, refreshed));
+        for (const element of [...added, ...refreshed]) this.#elements.set(dynamicKey(element), expiresAt);
+      }
+      const known = this.#tracked.get(name) ?? new Map<string, Tracked>();
+      for (const a of addresses) {
+        const key = `${a.family}/${a.value}`;
+        known.set(key, { ...a, expiresAt: Math.max(known.get(key)?.expiresAt ?? 0, expiresAt - slack) });
+      }
       this.#tracked.set(name, known);
+      this.#pruneElements(now);
     });
+  }
+
+  /** Forgets elements the kernel has certainly expired (bounded memory). */
+  #pruneElements(now: number): void {
+    if (this.#elements.size < 1024) return;
+    for (const [key, expiresAt] of this.#elements) {
+      if (expiresAt < now - EXPIRY_MARGIN_MS) this.#elements.delete(key);
+    }
   }
 
   #transaction(

@@ -107,7 +107,10 @@ Deno.test("start and demo without root: a clear message and exit 1, before anyth
     assert.equal(await runGuarded("start", () => runStart(["--policy", "/nonexistent/p"], () => 1000)), 1);
     assert.match(errors.join("\n"), /^egress start: needs root/m);
     assert.equal(await runDemo([], () => 1000), 1);
-    assert.match(errors.join("\n"), /^egress demo: needs root: it creates two throw-away network namespaces/m);
+    assert.match(
+      errors.join("\n"),
+      /^egress demo: needs root: it creates two throw-away network namespaces/m,
+    );
     assert.equal(await runGuarded("start", () => runStart(["--runner"], () => 1000)), 2, "usage first");
   } finally {
     console.error = original;

@@ -11,7 +11,7 @@ import {
   type Topology,
   withTopology,
 } from "../helpers/netns.ts";
-import { daemonPaths, DaemonRun, egressCommand, startInternet } from "./daemon_rig.ts";
+import { daemonPaths, DaemonRun, egressCommand, removeDaemonLeftovers, startInternet } from "./daemon_rig.ts";
 import { loadRealParts } from "../../src/daemon/parts.ts";
 import { instanceName } from "../../src/daemon/config.ts";
 
@@ -125,6 +125,7 @@ testWhen(reason, "e2e: kill -9 leaves traffic denied; the next start cleans up a
     } finally {
       for (const run of [first, second]) if (run && !run.process.exited) await run.kill();
       await internet.stop();
+      removeDaemonLeftovers(paths);
       await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
     }
   });
@@ -170,6 +171,7 @@ testWhen(
       } finally {
         if (run && !run.process.exited) await run.kill();
         await internet.stop();
+        removeDaemonLeftovers(paths);
         await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
       }
     });
@@ -203,6 +205,7 @@ testWhen(reason, "e2e: streaming a large download and a slow response through th
     } finally {
       if (run && !run.process.exited) await run.kill();
       await internet.stop();
+      removeDaemonLeftovers(paths);
       await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
     }
   });
@@ -244,8 +247,55 @@ testWhen(
         assert.equal(await cgroupProgramCount(topology.cgroup), 0);
         assert.ok(scopes() <= scopesBefore, "no egress cgroup was created");
       } finally {
+        removeDaemonLeftovers(paths);
         await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
       }
     });
   },
 );
+
+testWhen(reason, "e2e: two daemons at once in two network namespaces do not collide", async () => {
+  await withTopology("x", async (one) => {
+    await withTopology("y", async (two) => {
+      const pathsOne = await daemonPaths("one");
+      const pathsTwo = await daemonPaths("two");
+      const internetOne = await startInternet(one, pathsOne.dir);
+      const internetTwo = await startInternet(two, pathsTwo.dir);
+      const runs: DaemonRun[] = [];
+      try {
+        const [a, b] = await Promise.all([
+          DaemonRun.start(one, pathsOne, {
+            policy: "allowed.egress.test\n",
+            upstreamCa: internetOne.pki.caPath,
+          }),
+          DaemonRun.start(two, pathsTwo, {
+            policy: "denied.egress.test\n",
+            upstreamCa: internetTwo.pki.caPath,
+          }),
+        ]);
+        runs.push(a, b);
+        const allowedOne = await curl(one, pathsOne.egressCa, ["https://allowed.egress.test/1"]);
+        assert.equal(allowedOne.stdout, "GET /1 allowed.egress.test\n", allowedOne.stderr);
+        const deniedTwo = await curl(two, pathsTwo.egressCa, ["https://allowed.egress.test/2"]);
+        assert.notEqual(deniedTwo.code, 0, "the second daemon's policy applies in its namespace");
+        const allowedTwo = await curl(two, pathsTwo.egressCa, ["https://denied.egress.test/3"]);
+        assert.equal(allowedTwo.stdout, "GET /3 denied.egress.test\n", allowedTwo.stderr);
+        const line = await b.waitForLine("two", (l) => l.url === "https://denied.egress.test/3");
+        assert.equal(line.cgroup, two.cgroup.hierarchyPath);
+        assert.equal((await a.stop()).code, 0);
+        // The first daemon's cleanup left the second one intact.
+        const still = await curl(two, pathsTwo.egressCa, ["https://denied.egress.test/4"]);
+        assert.equal(still.stdout, "GET /4 denied.egress.test\n", still.stderr);
+        assert.equal((await b.stop()).code, 0);
+      } finally {
+        for (const run of runs) if (!run.process.exited) await run.kill();
+        await internetOne.stop();
+        await internetTwo.stop();
+        removeDaemonLeftovers(pathsOne);
+        removeDaemonLeftovers(pathsTwo);
+        await Deno.remove(pathsOne.dir, { recursive: true }).catch(() => {});
+        await Deno.remove(pathsTwo.dir, { recursive: true }).catch(() => {});
+      }
+    });
+  });
+});

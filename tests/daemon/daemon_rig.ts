@@ -10,6 +10,11 @@ import {
   type Topology,
 } from "../helpers/netns.ts";
 
+import { removeLeftoverPins } from "../../src/kernel/bpf_loader.ts";
+import { cgroup2Mount } from "../../src/kernel/cgroup.ts";
+import { instanceName } from "../../src/daemon/config.ts";
+import { removeStaleOwnCgroups } from "../../src/daemon/own_cgroup.ts";
+
 export const MOD_TS = new URL("../../mod.ts", import.meta.url).pathname;
 export const TEST_NAMES = [
   "allowed.egress.test",
@@ -191,6 +196,15 @@ export class DaemonRun {
   async kill(): Promise<void> {
     await this.process.stop("SIGKILL");
   }
+}
+
+/**
+ * After a test that may have killed a daemon: removes the BPF pins and empty egress cgroups such
+ * a daemon leaves (a clean stop leaves none; the namespaces take the rules with them).
+ */
+export function removeDaemonLeftovers(paths: DaemonPaths): void {
+  removeLeftoverPins(instanceName(paths.stateDir));
+  removeStaleOwnCgroups(cgroup2Mount());
 }
 
 export async function egressCommand(topology: Topology, command: string, args: string[]) {

@@ -30,19 +30,19 @@ testWhen(reason, "demo: runs egress in a sandbox, reports, and removes everythin
   assert.ok(seconds < 30, `took ${seconds} s`);
   const prefix = /sandbox (egdemo[0-9a-z]+)-run/.exec(out.stdout)?.[1];
   assert.ok(prefix, out.stdout);
-  assert.match(out.stdout, /GET https:\/\/api\.demo\.test\/\s+→ HTTP 200/);
-  assert.match(out.stdout, /POST https:\/\/files\.demo\.test\/public\/upload\s+→ HTTP 403/);
-  assert.match(out.stdout, /DNS exfiltration.*→ REFUSED/);
-  assert.match(out.stdout, /raw TCP to [\d.]+:7000\s+→ echoed 'ping'/);
-  assert.match(out.stdout, /UDP to [\d.]+:9000\s+→ no answer \(dropped\)/);
+  assert.match(out.stdout, /▸ GET https:\/\/api\.demo\.test\/\n {4}→ HTTP 200/);
+  assert.match(out.stdout, /▸ POST https:\/\/files\.demo\.test\/public\/upload\n {4}→ HTTP 403/);
+  assert.match(out.stdout, /▸ DNS exfiltration.*\n {4}→ REFUSED/);
+  assert.match(out.stdout, /▸ raw TCP to [\d.]+:7000\n {4}→ echoed 'ping'/);
+  assert.match(out.stdout, /▸ UDP to [\d.]+:9000\n {4}→ no answer \(dropped\)/);
   const summary = /summary: (\d+) connections judged: (\d+) allowed, (\d+) denied/.exec(out.stdout);
   assert.ok(summary && Number(summary[2]) > 0 && Number(summary[3]) > 0, out.stdout);
   // live lines come from the connection log, on stderr
   assert.match(
     out.stderr,
-    /allow https\s+GET https:\/\/api\.demo\.test\/\s+← curl \[\d+\]\s+rule "api\.demo\.test"/,
+    /egress: allow https GET https:\/\/api\.demo\.test\/ {2}← curl \[\d+\] {2}rule "api\.demo\.test"/,
   );
-  assert.match(out.stderr, /deny {2}dns\s+c2vjcmv0\.evil\.demo\.test/);
+  assert.match(out.stderr, /egress: deny {2}dns {3}c2vjcmv0\.evil\.demo\.test/);
 
   const netns = await run(["ip", "netns", "list"]);
   assert.ok(!netns.stdout.includes(prefix), netns.stdout);

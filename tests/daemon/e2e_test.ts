@@ -14,7 +14,7 @@ import {
   type Topology,
   withTopology,
 } from "../helpers/netns.ts";
-import { daemonPaths, DaemonRun, egressCommand, startInternet } from "./daemon_rig.ts";
+import { daemonPaths, DaemonRun, egressCommand, removeDaemonLeftovers, startInternet } from "./daemon_rig.ts";
 import { loadRealParts } from "../../src/daemon/parts.ts";
 
 const schema = JSON.parse(await Deno.readTextFile(new URL("../../src/log/schema.json", import.meta.url)));
@@ -433,6 +433,7 @@ print(c.getresponse().read().decode().strip())
     } finally {
       if (run && !run.process.exited) await run.kill();
       await internet.stop();
+      removeDaemonLeftovers(paths);
       await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
     }
   });

@@ -2,10 +2,15 @@
 import type { DaemonSystem } from "../../src/daemon/daemon.ts";
 import type { DaemonParts, PartContext, RunningPart } from "../../src/daemon/parts.ts";
 
-export type Recorder = { events: string[]; fail: Set<string>; contexts: PartContext[] };
+export type Recorder = {
+  events: string[];
+  fail: Set<string>;
+  contexts: PartContext[];
+  unhealthy: Set<string>;
+};
 
 export function recorder(fail: string[] = []): Recorder {
-  return { events: [], fail: new Set(fail), contexts: [] };
+  return { events: [], fail: new Set(fail), contexts: [], unhealthy: new Set() };
 }
 
 function maybeFail(rec: Recorder, event: string): void {
@@ -40,6 +45,7 @@ function part(rec: Recorder, name: string, context: PartContext): RunningPart {
     name,
     close: () => Promise.resolve(maybeFail(rec, `${name}.close`)),
     counters: () => ({ allowed: 1, denied: 2, dns: name === "dns" ? 3 : 0, errors: 0 }),
+    healthy: () => !rec.unhealthy.has(name),
   };
 }
 

@@ -94,6 +94,13 @@ Deno.test("daemon: starts in order, answers status/reload/shutdown, then cleans 
     assert.equal(body.rules, 1);
     assert.deepEqual(body.counters, { allowed: 3, denied: 6, dns: 3, errors: 0 });
 
+    rec.unhealthy.add("udp");
+    assert.equal(
+      parseStatus((await sendControlCommand(env.config.controlSocket, "status")).text).state,
+      "degraded",
+    );
+    rec.unhealthy.clear();
+
     const unknown = await sendControlCommand(env.config.controlSocket, "launch");
     assert.deepEqual(unknown, { ok: false, text: "unknown command" });
 

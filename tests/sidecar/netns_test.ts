@@ -30,11 +30,15 @@ async function withTopology(fn: (t: Topology, started: SidecarHandle[]) => Promi
   } finally {
     for (const h of started) await h.stop().catch(() => {});
     await t.destroy();
+    for (const path of temporaryFiles.splice(0)) await Deno.remove(path).catch(() => {});
   }
 }
 
+const temporaryFiles: string[] = [];
+
 async function writeTemp(text: string): Promise<string> {
   const path = await Deno.makeTempFile({ prefix: "egress-sidecar-test-" });
+  temporaryFiles.push(path);
   await Deno.writeTextFile(path, text);
   return path;
 }
@@ -142,7 +146,6 @@ testWhen(
       assert.deepEqual([allowed.rule, allowed.line], ["allowed.test", 1]);
       assert.match(h.stderr(), /INFO enforcement dns\+nft/);
       assert.match(h.stderr(), /cleanup: removed nftables table inet egress/);
-      await Deno.remove(doh);
     });
   },
   OPTIONS,
@@ -308,7 +311,6 @@ testWhen(
       assert.equal((await t.dig("allowed.test")).status, "NXDOMAIN");
       assert.equal(await t.connects(WORLD4, 80), false);
       assert.equal(await t.connects("198.19.0.13", 8080), false);
-      await Deno.remove(file);
     });
   },
   OPTIONS,

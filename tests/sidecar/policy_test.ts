@@ -282,15 +282,20 @@ Deno.test("nft: TTL clamp and dynamic refresh transaction", () => {
     ["port", "tcp", 443],
     ["proto", "udp", undefined],
   ]);
-  const update = buildDynamicUpdate(elements).trim().split("\n");
+  // new elements: a plain add; existing ones: add/delete/add so the new timeout takes effect
+  const update = buildDynamicUpdate([elements[2]], elements.slice(0, 2)).trim().split("\n");
   assert.deepEqual(update, [
     "add element inet egress dyn4_port { 1.2.3.4 . tcp . 80 timeout 120s, 1.2.3.4 . tcp . 443 timeout 120s }",
     "delete element inet egress dyn4_port { 1.2.3.4 . tcp . 80, 1.2.3.4 . tcp . 443 }",
     "add element inet egress dyn4_port { 1.2.3.4 . tcp . 80 timeout 120s, 1.2.3.4 . tcp . 443 timeout 120s }",
     "add element inet egress dyn4_proto { 1.2.3.4 . udp timeout 120s }",
-    "delete element inet egress dyn4_proto { 1.2.3.4 . udp }",
-    "add element inet egress dyn4_proto { 1.2.3.4 . udp timeout 120s }",
   ]);
+  assert.deepEqual(
+    buildDynamicUpdate([elements[0], { ...elements[0], timeoutSeconds: 300 }]).trim().split("\n"),
+    [
+      "add element inet egress dyn4_port { 1.2.3.4 . tcp . 80 timeout 300s }",
+    ],
+  );
   assert.equal(buildDynamicUpdate([]), "");
   assert.equal(parseCounterPackets("counter dropped {\n packets 17 bytes 900\n}"), 17);
 });

@@ -39,7 +39,9 @@ export function startUdpPart(context: PartContext): Promise<RunningPart> {
     audit: context.config.audit,
   });
   const consumer = NfqueueConsumer.open({ queueNum: context.config.queueNum, onPacket: handler });
+  let failed = false;
   consumer.finished.catch((error) => {
+    failed = true;
     context.oplog.error(`NFQUEUE consumer stopped: ${(error as Error).message} (queued UDP is dropped)`);
   });
   return Promise.resolve({
@@ -47,6 +49,7 @@ export function startUdpPart(context: PartContext): Promise<RunningPart> {
     close: async () => {
       await consumer.close();
     },
+    healthy: () => !failed,
     counters: () => ({
       allowed: handler.counters.allowed,
       denied: handler.counters.denied,

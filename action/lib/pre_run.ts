@@ -1,0 +1,199 @@
+// The action's `pre` step (runner.md §2): check the runner, validate the policy (annotations that
+// point at the policy line), install Deno, start the daemon as root in its own cgroup, wait for it
+// to be ready, and export the CA variables.
+
+import { execFileSync, spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import process from "node:process";
+import { caEnvironment } from "../../src/runner/paths.ts";
+import { annotation, emit, exportVariable, saveState, setSecret } from "./actions.ts";
+import { actionPaths, type ActionPaths } from "./config.ts";
+import { ensureDeno } from "./deno_install.ts";
+import { checkRunner, type Inputs, readInputs } from "./inputs.ts";
+import { validatePolicy } from "./policy_library.ts";
+import { asRoot, isRoot, readPrivileged, tail } from "./privileged.ts";
+
+export const READY_POLL_MS = 100;
+export const READY_TIMEOUT_MS = 30_000;
+/** Variables handed to the daemon; nothing else of the runner's environment reaches it. */
+export const DAEMON_VARIABLES = [
+  "PATH",
+  "GITHUB_REPOSITORY",
+  "GITHUB_ACTION_REPOSITORY",
+  "RUNNER_TEMP",
+  "EGRESS_GITHUB_TOKEN",
+  "ACTIONS_ID_TOKEN_REQUEST_URL",
+  "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+  "ACTIONS_RUNTIME_TOKEN",
+] as const;
+const TEST_VARIABLES = ["EGRESS_TEST_ROOT", "EGRESS_TEST_RUNNER_WORKER", "EGRESS_TEST_RUNNER_CGROUP"] as const;
+
+export class StepFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StepFailure";
+  }
+}
+
+/** Annotations for the policy's issues; returns whether the step must fail (enforce + errors). */
+export function reportPolicy(inputs: Inputs, repository: string | undefined): { failed: boolean; rules: number } {
+  const result = validatePolicy(inputs.policy, { runner: true, repository: repository || undefined });
+  const title = "egress policy";
+  for (const warning of result.warnings) {
+    const where = warning.line > 0 ? `line ${warning.line}, column ${warning.column}: ` : "";
+    emit(annotation("warning", `${where}${warning.message}`, { title }));
+  }
+  for (const error of result.errors) {
+    emit(annotation(inputs.audit ? "warning" : "error", `line ${error.line}, column ${error.column}: ${error.message}`, { title }));
+  }
+  return { failed: !inputs.audit && result.errors.length > 0, rules: result.rules.length };
+}
+
+/** Shared libraries the daemon loads through FFI (Debian/Ubuntu package names). */
+const LIBRARIES: Array<[string, string]> = [["libbpf.so.1", "libbpf1"], ["libnetfilter_queue.so.1", "libnetfilter-queue1"]];
+
+export function ensureLibraries(): string[] {
+  let cache = "";
+  try {
+    cache = execFileSync("/sbin/ldconfig", ["-p"], { encoding: "utf8" });
+  } catch {
+    cache = "";
+  }
+  const missing = LIBRARIES.filter(([soname]) => !cache.includes(soname)).map(([, pkg]) => pkg);
+  if (missing.length === 0) return [];
+  const install = asRoot(["apt-get", "install", "-y", "--no-install-recommends", ...missing]);
+  try {
+    execFileSync(install[0], install.slice(1), {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+      timeout: 180_000,
+    });
+  } catch (error) {
+    const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim();
+    throw new StepFailure(`Cannot install ${missing.join(", ")}: ${stderr || (error as Error).message}`);
+  }
+  return missing;
+}
+
+/** The daemon's argv (before sudo/systemd-run) for these inputs. */
+export function daemonArgs(deno: string, paths: ActionPaths, inputs: Inputs): string[] {
+  return [
+    deno,
+    "run",
+    "-A",
+    "--no-prompt",
+    paths.entry,
+    "start",
+    "--runner",
+    "--policy",
+    "-",
+    "--ready-file",
+    paths.readyFile,
+    "--control-socket",
+    paths.controlSocket,
+    "--state-dir",
+    paths.stateDir,
+    "--log",
+    paths.logFile,
+    ...(inputs.audit ? ["--audit"] : []),
+    ...(inputs.allowSudo ? ["--allow-sudo"] : []),
+    ...(inputs.socketSecurity ? ["--package-check"] : []),
+    ...(inputs.containerCerts ? [] : ["--no-container-certs"]),
+  ];
+}
+
+/**
+ * The full command: as root (sudo keeps only the listed variables, so no secret is on argv and
+ * HOME is dropped), in `/system.slice/egress.scope` via systemd-run where systemd is PID 1.
+ */
+export function launchCommand(daemon: string[], env: Record<string, string>): string[] {
+  const scoped = existsSync("/run/systemd/system")
+    ? ["systemd-run", "--scope", "--unit=egress", "--collect", "--quiet", ...daemon]
+    : daemon;
+  return asRoot(["/usr/bin/env", "-u", "HOME", ...scoped], Object.keys(env));
+}
+
+function daemonEnvironment(env: NodeJS.ProcessEnv, inputs: Inputs, denoDir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const source: NodeJS.ProcessEnv = { ...env, EGRESS_GITHUB_TOKEN: inputs.githubToken };
+  for (const name of [...DAEMON_VARIABLES, ...TEST_VARIABLES]) {
+    const value = source[name];
+    if (value) out[name] = value;
+  }
+  out.DENO_DIR = denoDir;
+  out.DENO_NO_UPDATE_CHECK = "1";
+  return out;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export type PreOptions = { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; now?: () => number };
+
+export async function runPre(options: PreOptions = {}): Promise<void> {
+  const env = options.env ?? process.env;
+  const started = Date.now();
+  const inputs = readInputs(env);
+  checkRunner(env);
+  const paths = actionPaths(env);
+  const policy = reportPolicy(inputs, env.GITHUB_REPOSITORY);
+  if (policy.failed) throw new StepFailure("The egress policy has errors (see the annotations above)");
+
+  const deno = ensureDeno(join(paths.actionRoot, "action", "deno"), env);
+  emit(`egress: Deno ${deno.version} ${deno.cached ? "from the cache" : "installed"} (${deno.path})`);
+  const installed = ensureLibraries();
+  if (installed.length > 0) emit(`egress: installed ${installed.join(", ")}`);
+
+  mkdirSync(paths.workDir, { recursive: true, mode: 0o700 });
+  const daemonEnv = daemonEnvironment(env, inputs, join(deno.path, "..", "..", "..", "deno-dir"));
+  const argv = launchCommand(daemonArgs(deno.path, paths, inputs), daemonEnv);
+  const outputPath = join(paths.workDir, "daemon.out");
+  const output = openSync(outputPath, "a", 0o600);
+  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ["pipe", output, output], env: daemonEnv });
+  let exitCode: number | null | undefined;
+  child.on("exit", (code, signal) => (exitCode = code ?? (signal ? 128 : 1)));
+  child.on("error", () => (exitCode = 127));
+  child.stdin!.end(inputs.policy);
+  child.unref();
+  saveState("started", "true", env);
+  saveState("daemon-pid", String(child.pid ?? ""), env);
+  saveState("audit", String(inputs.audit), env);
+
+  const timeout = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
+  const deadline = Date.now() + timeout;
+  while (!existsSync(paths.readyFile)) {
+    if (exitCode !== undefined || Date.now() > deadline) {
+      const why = exitCode !== undefined ? `the daemon exited with code ${exitCode}` : `no ready file after ${timeout / 1000} s`;
+      const details = [tail(outputPath), tail(paths.operationalLog)].filter(Boolean).join("\n");
+      if (details) emit(`::group::egress daemon output\n${details}\n::endgroup::`);
+      throw new StepFailure(`Cannot start egress: ${why}`);
+    }
+    await sleep(READY_POLL_MS);
+  }
+
+  // The token is root-only; read it now, while sudo still works, and hand it on only through state.
+  const token = readPrivileged(join(paths.stateDir, "control-token"))?.trim();
+  if (!token) throw new StepFailure(`Cannot read the control token from ${paths.stateDir}`);
+  setSecret(token);
+  saveState("control-token", token, env);
+  // The sub-actions (disable-sudo, enable-sudo) are separate actions without access to this state:
+  // they read a runner-owned copy (0600). The daemon still requires the trusted action context.
+  const tokenCopy = join(paths.workDir, "control-token");
+  writeFileSync(tokenCopy, token + "\n", { mode: 0o600 });
+  chmodSync(tokenCopy, 0o600);
+
+  for (const [name, value] of Object.entries(caEnvironment(paths.system))) exportVariable(name, value, env);
+  saveState("ready-ms", String(Date.now() - started), env);
+  emit(`egress: enforcing in ${Date.now() - started} ms${inputs.audit ? " (audit mode)" : ""}${isRoot() ? "" : ""}`);
+}
+
+/** Reads a file the daemon may have made root-only, for callers outside this module. */
+export function readDaemonFile(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return readPrivileged(path);
+  }
+}
