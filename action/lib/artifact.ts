@@ -30,7 +30,7 @@ export function crc32(bytes: Uint8Array): number {
 }
 
 /** A zip archive with the files stored uncompressed (DOS time fixed at 1980-01-01). */
-export function storedZip(entries: Array<{ name: string; data: Uint8Array }>): Uint8Array {
+export function storedZip(entries: Array<{ name: string; data: Uint8Array }>): Uint8Array<ArrayBuffer> {
   const parts: Uint8Array[] = [];
   const central: Uint8Array[] = [];
   let offset = 0;

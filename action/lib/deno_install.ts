@@ -53,7 +53,7 @@ export function ensureDeno(lockDir: string, env: NodeJS.ProcessEnv = process.env
     });
   } catch (error) {
     rmSync(staging, { recursive: true, force: true });
-    const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim();
+    const stderr = (error as { stderr?: { toString(): string } }).stderr?.toString().trim();
     throw new Error(`Cannot install Deno ${version} with npm ci: ${stderr || (error as Error).message}`);
   }
   const stagedBinary = join(staging, "node_modules", platformPackage(), "deno");

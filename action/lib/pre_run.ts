@@ -3,7 +3,7 @@
 // to be ready, and export the CA variables.
 
 import { execFileSync, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { caEnvironment } from "../../src/runner/paths.ts";
@@ -12,7 +12,7 @@ import { actionPaths, type ActionPaths } from "./config.ts";
 import { ensureDeno } from "./deno_install.ts";
 import { checkRunner, type Inputs, readInputs } from "./inputs.ts";
 import { validatePolicy } from "./policy_library.ts";
-import { asRoot, isRoot, readPrivileged, tail } from "./privileged.ts";
+import { asRoot, readPrivileged, tail } from "./privileged.ts";
 
 export const READY_POLL_MS = 100;
 export const READY_TIMEOUT_MS = 30_000;
@@ -70,7 +70,7 @@ export function ensureLibraries(): string[] {
       timeout: 180_000,
     });
   } catch (error) {
-    const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim();
+    const stderr = (error as { stderr?: { toString(): string } }).stderr?.toString().trim();
     throw new StepFailure(`Cannot install ${missing.join(", ")}: ${stderr || (error as Error).message}`);
   }
   return missing;
@@ -186,14 +186,5 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
 
   for (const [name, value] of Object.entries(caEnvironment(paths.system))) exportVariable(name, value, env);
   saveState("ready-ms", String(Date.now() - started), env);
-  emit(`egress: enforcing in ${Date.now() - started} ms${inputs.audit ? " (audit mode)" : ""}${isRoot() ? "" : ""}`);
-}
-
-/** Reads a file the daemon may have made root-only, for callers outside this module. */
-export function readDaemonFile(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return readPrivileged(path);
-  }
+  emit(`egress: enforcing in ${Date.now() - started} ms${inputs.audit ? " (audit mode)" : ""}`);
 }

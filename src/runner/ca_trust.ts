@@ -84,8 +84,10 @@ export async function removeCaTrust(paths: SystemPaths, stateDir: string): Promi
       const bundle = await Deno.readTextFile(paths.systemCaBundle);
       const at = bundle.lastIndexOf(state.pem);
       if (at >= 0) {
-        let restored = bundle.slice(0, at) + bundle.slice(at + state.pem.length);
-        if (state.addedNewline && at > 0 && restored.endsWith("\n")) restored = restored.slice(0, -1);
+        const atEnd = at + state.pem.length === bundle.length;
+        // The newline added before our block goes too, unless something was appended after it.
+        const cut = state.addedNewline && atEnd && at > 0 && bundle[at - 1] === "\n" ? at - 1 : at;
+        const restored = bundle.slice(0, cut) + bundle.slice(at + state.pem.length);
         await writeAtomically(paths.systemCaBundle, restored, await fileMode(paths.systemCaBundle, 0o644));
         done.push(`removed the CA from ${paths.systemCaBundle}`);
       }

@@ -33,7 +33,7 @@ export function sudoTimestamp(text: string, year: number): string | undefined {
   const [day, hours, minutes, seconds] = match.slice(2).map(Number);
   if (month < 0 || day < 1 || day > 31 || hours > 23 || minutes > 59 || seconds > 60) return undefined;
   const date = new Date(Date.UTC(year, month, day, hours, minutes, seconds));
-  return Number.isNaN(date.getTime()) ? undefined : date.toISOString();
+  return date.getUTCDate() === day ? date.toISOString() : undefined; // Feb 30 does not roll over
 }
 
 /**
