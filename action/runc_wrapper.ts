@@ -93,7 +93,7 @@ async function wrap(argv: string[]): Promise<void> {
   for (const found of findCaBundles(rootfsView(rootfs))) {
     const source = join(bundleDir, mergedBundleName(found.listed));
     writeReadOnly(source, mergeBundle(readFileSync(join(rootfs, found.resolved), "utf8"), caPem));
-    bundles.push({ destination: found.resolved, source });
+    bundles.push({ listed: found.listed, destination: found.resolved, source });
   }
   const { config, keptVariables } = editConfig(original, { caSource, caTarget, bundles });
   const temporary = `${configPath}.egress-tmp`;

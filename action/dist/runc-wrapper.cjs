@@ -113,7 +113,7 @@ function editConfig(original, edit) {
   config.mounts = mounts;
   config.process = config.process && typeof config.process === "object" ? config.process : {};
   const env = Array.isArray(config.process.env) ? config.process.env : [];
-  const bundlePath = edit.bundles[0]?.destination ?? edit.caTarget;
+  const bundlePath = edit.bundles[0]?.listed ?? edit.caTarget;
   const values = {};
   for (const key of CA_VARIABLES) values[key] = key === "NODE_EXTRA_CA_CERTS" ? edit.caTarget : bundlePath;
   const keptVariables = [];
@@ -200,7 +200,7 @@ async function wrap(argv) {
   for (const found of findCaBundles(rootfsView(rootfs))) {
     const source = (0, import_node_path.join)(bundleDir, mergedBundleName(found.listed));
     writeReadOnly(source, mergeBundle((0, import_node_fs.readFileSync)((0, import_node_path.join)(rootfs, found.resolved), "utf8"), caPem));
-    bundles.push({ destination: found.resolved, source });
+    bundles.push({ listed: found.listed, destination: found.resolved, source });
   }
   const { config, keptVariables } = editConfig(original, { caSource, caTarget, bundles });
   const temporary = `${configPath}.egress-tmp`;

@@ -443,7 +443,7 @@ export async function collectChecks(): Promise<DoctorReport> {
   return { ok: checks.every((c) => !c.required || c.status === "yes"), root, checks };
 }
 
-const USAGE = "usage: egress doctor [--json]\n\n" +
+const USAGE = "Usage: egress doctor [--json]\n\n" +
   "Prints whether each kernel feature, library and binary egress needs is present on this machine.\n" +
   "Exit 0 when every required item is present, 1 otherwise. Run as root for the kernel probes.";
 

@@ -37,20 +37,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   start: async () => (await import("./start.ts")).runStart,
   stop: async () => (await import("./stop.ts")).runStop,
   status: async () => (await import("./status.ts")).runStatus,
-  doctor: async () => {
-    try {
-      return (await import("./doctor.ts")).runDoctor;
-    } catch (e) {
-      // Built by another part of the project; until it exists the command is not available.
-      if (e instanceof Error && /Module not found/.test(e.message) && e.message.includes("doctor.ts")) {
-        throw new CliError("not available yet in this version", 2);
-      }
-      throw e;
-    }
-  },
+  doctor: async () => (await import("./doctor.ts")).runDoctor,
 };
-
-const NOT_YET = new Set<string>([]);
 
 export function version(): string {
   return denoConfig.version;
@@ -76,10 +64,6 @@ export async function main(args: string[]): Promise<number> {
       return 0;
     }
     return await main([rest[0], "--help"]);
-  }
-  if (NOT_YET.has(first)) {
-    console.error(`egress ${first}: not available yet in this version`);
-    return 2;
   }
   const load = Object.hasOwn(COMMANDS, first) ? COMMANDS[first] : undefined;
   if (load === undefined) {

@@ -132,8 +132,11 @@ export type ConfigEdit = {
   /** in-container path of the egress CA (bind-mounted from `caSource`) */
   caTarget: string;
   caSource: string;
-  /** merged bundles: in-container destination and the file written in the bundle dir */
-  bundles: Array<{ destination: string; source: string }>;
+  /**
+   * merged bundles: the listed path (what the variables name), the resolved in-container
+   * destination of the mount, and the file written in the bundle dir
+   */
+  bundles: Array<{ listed: string; destination: string; source: string }>;
 };
 
 export type EditResult = { config: OciConfig; keptVariables: string[] };
@@ -160,7 +163,7 @@ export function editConfig(original: unknown, edit: ConfigEdit): EditResult {
   config.mounts = mounts;
   config.process = config.process && typeof config.process === "object" ? config.process : {};
   const env = Array.isArray(config.process.env) ? config.process.env : [];
-  const bundlePath = edit.bundles[0]?.destination ?? edit.caTarget;
+  const bundlePath = edit.bundles[0]?.listed ?? edit.caTarget;
   const values: Record<string, string> = {};
   for (const key of CA_VARIABLES) values[key] = key === "NODE_EXTRA_CA_CERTS" ? edit.caTarget : bundlePath;
   const keptVariables: string[] = [];
