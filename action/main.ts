@@ -7,9 +7,15 @@ import { validatePolicy } from "./lib/policy_library.ts";
 
 try {
   const inputs = readInputs();
-  const rules = validatePolicy(inputs.policy, { runner: true, repository: process.env.GITHUB_REPOSITORY || undefined }).rules;
+  const rules =
+    validatePolicy(inputs.policy, { runner: true, repository: process.env.GITHUB_REPOSITORY || undefined })
+      .rules;
   const builtIn = rules.filter((rule) => rule.line === 0).length;
-  emit(`egress: ${inputs.audit ? "audit" : "enforce"}, ${rules.length} rules (${builtIn} built-in), log ${actionPaths().logFile}`);
+  emit(
+    `egress: ${
+      inputs.audit ? "audit" : "enforce"
+    }, ${rules.length} rules (${builtIn} built-in), log ${actionPaths().logFile}`,
+  );
 } catch (error) {
   emit(`egress: ${(error as Error).message}`);
 }

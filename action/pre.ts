@@ -7,7 +7,9 @@ runPre().then(
   () => process.exit(0),
   (error) => {
     const known = error instanceof StepFailure || error instanceof InputError;
-    emit(annotation("error", known ? error.message : `egress pre failed: ${(error as Error).stack ?? error}`));
+    emit(
+      annotation("error", known ? error.message : `egress pre failed: ${(error as Error).stack ?? error}`),
+    );
     process.exit(1);
   },
 );

@@ -5,7 +5,16 @@
 // on stderr and the container starts unchanged. Node, not Deno: Node is on every runner and starts
 // in ~40 ms; there is no compiler on the runner for a static binary.
 
-import { chmodSync, lstatSync, readFileSync, readlinkSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  lstatSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { request } from "node:http";
 import { join, resolve } from "node:path";
 import {
@@ -47,18 +56,21 @@ function rootfsView(rootfs: string): RootfsView {
 /** Config.Image of a container from the Docker API (2 s); undefined on any failure. */
 function dockerImage(socketPath: string, id: string): Promise<string | undefined> {
   return new Promise((done) => {
-    const req = request({ socketPath, path: `/containers/${id}/json`, method: "GET", timeout: 2000 }, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk) => (body += chunk));
-      res.on("end", () => {
-        try {
-          done(res.statusCode === 200 ? JSON.parse(body)?.Config?.Image || undefined : undefined);
-        } catch {
-          done(undefined);
-        }
-      });
-    });
+    const req = request(
+      { socketPath, path: `/containers/${id}/json`, method: "GET", timeout: 2000 },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk) => (body += chunk));
+        res.on("end", () => {
+          try {
+            done(res.statusCode === 200 ? JSON.parse(body)?.Config?.Image || undefined : undefined);
+          } catch {
+            done(undefined);
+          }
+        });
+      },
+    );
     req.on("timeout", () => req.destroy());
     req.on("error", () => done(undefined));
     req.end();
@@ -101,10 +113,14 @@ async function wrap(argv: string[]): Promise<void> {
   renameSync(temporary, configPath);
   if (keptVariables.length > 0) {
     const id = containerIdOfBundle(bundleDir);
-    const image = id ? await dockerImage(process.env.EGRESS_DOCKER_SOCKET || "/var/run/docker.sock", id) : undefined;
+    const image = id
+      ? await dockerImage(process.env.EGRESS_DOCKER_SOCKET || "/var/run/docker.sock", id)
+      : undefined;
     const args = Array.isArray(config.process?.args) ? config.process.args.join(" ") : "";
     warn(
-      `kept ${keptVariables.join(", ")} as set by the container (${image ? `image ${image}` : `bundle ${bundleDir}`}, ` +
+      `kept ${keptVariables.join(", ")} as set by the container (${
+        image ? `image ${image}` : `bundle ${bundleDir}`
+      }, ` +
         `process ${JSON.stringify(args)}): TLS through egress may fail there`,
     );
   }

@@ -17,6 +17,7 @@ const symbols = {
   sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   recvfrom: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"], result: "isize" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   // Blocking wait declared nonblocking so it runs on a worker thread and returns a Promise.
@@ -69,6 +70,7 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOL_SOCKET = 1;
 export const SO_PEERCRED = 17;
 export const SO_MARK = 36;
+export const SO_REUSEADDR = 2;
 export const MSG_DONTWAIT = 0x40;
 export const POLLIN = 0x1;
 export const EAGAIN = 11;

@@ -2,12 +2,16 @@
 # Builds egress's BPF objects (CO-RE) into bpf/dist/, which is committed so runners need no compiler.
 # Needs clang, llvm-strip, bpftool, libbpf-dev (Debian: clang llvm bpftool libbpf-dev) and a kernel
 # with BTF at /sys/kernel/btf/vmlinux (for vmlinux.h, git-ignored).
+# EGRESS_BPF_OUT=<dir> builds into <dir> instead (vmlinux.h too), leaving bpf/ untouched: the
+# reproducibility test compares such a build with the committed objects.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+out_dir=${EGRESS_BPF_OUT:-bpf/dist}
+header_dir=${EGRESS_BPF_OUT:-bpf}
 
-for tool in clang llvm-strip bpftool; do
+for tool in clang llvm-strip bpftool sha256sum; do
   command -v "$tool" >/dev/null || {
-    echo "build_bpf: $tool not found (apt-get install clang llvm bpftool libbpf-dev)" >&2
+    echo "build_bpf: $tool not found (apt-get install clang llvm bpftool libbpf-dev coreutils)" >&2
     exit 1
   }
 done
@@ -16,8 +20,9 @@ done
   exit 1
 }
 
-bpftool btf dump file /sys/kernel/btf/vmlinux format c >bpf/vmlinux.h.tmp
-mv bpf/vmlinux.h.tmp bpf/vmlinux.h
+mkdir -p "$out_dir" "$header_dir"
+bpftool btf dump file /sys/kernel/btf/vmlinux format c >"$header_dir/vmlinux.h.tmp"
+mv "$header_dir/vmlinux.h.tmp" "$header_dir/vmlinux.h"
 
 arch=$(uname -m)
 case "$arch" in
@@ -26,13 +31,17 @@ case "$arch" in
   *) target_arch=$arch ;;
 esac
 
-mkdir -p bpf/dist
 for source in bpf/*.bpf.c; do
   name=$(basename "$source" .c)
-  out="bpf/dist/$name.o"
+  out="$out_dir/$name.o"
+  # Relative source paths and no build-time data in the flags: the output is byte-identical for the
+  # same sources, compiler and kernel BTF.
   clang -O2 -g -target bpf -D__TARGET_ARCH_"$target_arch" -Wall -Werror \
-    -I bpf -c "$source" -o "$out.tmp"
+    -I "$header_dir" -I bpf -c "$source" -o "$out.tmp"
   llvm-strip -g "$out.tmp"
   mv "$out.tmp" "$out"
   echo "build_bpf: $out"
 done
+# Which kernel BTF the objects were generated against: a rebuild elsewhere differs in vmlinux.h,
+# so the reproducibility test only compares on a kernel with the same BTF.
+sha256sum </sys/kernel/btf/vmlinux | cut -d' ' -f1 >"$out_dir/kernel_btf.sha256"

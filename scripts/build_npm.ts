@@ -3,7 +3,15 @@
 // declarations from tsc, and a package.json. Usage: deno task build:npm [--out DIR]
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath as fromFileUrl } from "node:url";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { ensureNodeTools, runNodeTool } from "./lib/node_tools.ts";
 
 const repo = resolve(dirname(fromFileUrl(import.meta.url)), "..");
@@ -28,7 +36,7 @@ export async function buildNpmPackage(outDir: string): Promise<void> {
   }
   const config = JSON.parse(Deno.readTextFileSync(join(repo, "deno.json")));
 
-    const esbuild = await new Deno.Command("node", {
+  const esbuild = await new Deno.Command("node", {
     args: [
       join(repo, "scripts", "lib", "esbuild_build.mjs"),
       join(nodeModules, "esbuild", "lib", "main.js"),

@@ -77,7 +77,11 @@ function systemPaths(root = "") {
 }
 
 // action/lib/config.ts
-function actionPaths(env = import_node_process2.default.env, bundleDir = __dirname) {
+var import_meta = {};
+function defaultBundleDir() {
+  return typeof __dirname === "string" ? __dirname : new URL(".", import_meta.url).pathname;
+}
+function actionPaths(env = import_node_process2.default.env, bundleDir = defaultBundleDir()) {
   const root = env.EGRESS_TEST_ROOT ?? "";
   const actionRoot = (0, import_node_path.resolve)(bundleDir, "..", "..");
   const logFile = `${root}/var/log/egress/connections.jsonl`;
@@ -1158,10 +1162,13 @@ function compileHostPattern(pattern) {
   const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
-function compiledHostMatches(compiled, hostname2) {
+var HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
+var PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+function compiledHostMatches(compiled, hostname2, asPattern = false) {
   if (compiled.form === "exact") return compiled.name === hostname2;
   const labels = hostname2.split(".");
-  if (labels.some((label2) => label2 === "")) return false;
+  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
+  if (labels.some((label2) => !valid.test(label2))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -1171,14 +1178,14 @@ function compiledHostMatches(compiled, hostname2) {
   return starMatches(compiled.first, labels[offset - 1]);
 }
 var compiledCache = /* @__PURE__ */ new Map();
-function hostPatternMatches(pattern, hostname2) {
+function hostPatternMatches(pattern, hostname2, asPattern = false) {
   let compiled = compiledCache.get(pattern);
   if (!compiled) {
     if (compiledCache.size >= 4096) compiledCache.clear();
     compiled = compileHostPattern(pattern);
     compiledCache.set(pattern, compiled);
   }
-  return compiledHostMatches(compiled, normalizeHostname(hostname2));
+  return compiledHostMatches(compiled, normalizeHostname(hostname2), asPattern);
 }
 var import_typescript_parsec = __toESM2(require_lib());
 var WS_RUN = /[ \t]+/y;
@@ -1742,6 +1749,7 @@ function diagnoseOrder(words, web, quoted2) {
   return void 0;
 }
 var IPV6 = /^\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?(\/[0-9]+)?$/;
+var IPV6_MAX_LENGTH = 64;
 function diagnoseTarget(text, index) {
   if (text.startsWith("/")) {
     const query = text.indexOf("?");
@@ -1764,7 +1772,7 @@ function diagnoseTarget(text, index) {
       return { index: offset, message: "a dns: rule needs a hostname, not an IP address" };
     }
   }
-  if (IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
+  if (host.length <= IPV6_MAX_LENGTH && IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
     return { index: offset, message: "IPv6 literals are not supported" };
   }
   const slash = host.search(/[:/]/);
@@ -1881,13 +1889,17 @@ function diagnoseUrl(text, index, pathRequired) {
   }
   return void 0;
 }
-var LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
+var LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/g;
 function splitLines(text) {
-  const body = text.charCodeAt(0) === 65279 ? text.slice(1) : text;
-  if (body === "") return [];
-  const parts = body.split(new RegExp(LINE_BREAK.source, "g"));
-  if (parts.length > 1 && parts[parts.length - 1] === "") parts.pop();
-  return parts.map((part, i) => ({ number: i + 1, text: part }));
+  const lines = [];
+  let start = text.charCodeAt(0) === 65279 ? 1 : 0;
+  LINE_BREAK.lastIndex = start;
+  for (let m = LINE_BREAK.exec(text); m !== null; m = LINE_BREAK.exec(text)) {
+    lines.push({ number: lines.length + 1, text: text.slice(start, m.index), offset: start });
+    start = m.index + m[0].length;
+  }
+  if (start < text.length) lines.push({ number: lines.length + 1, text: text.slice(start), offset: start });
+  return lines;
 }
 function columnAt(line, index) {
   let column = 1;
@@ -1908,9 +1920,17 @@ var DEFAULT_METHODS = ["GET", "HEAD"];
 var KNOWN_METHODS = /* @__PURE__ */ new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*"]);
 var ATTR_KEY = /^(arg|exe|cgroup|step|action|image|arg\[[0-9]+\])$/;
 var isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+function rejectUnknownKeys(value2, known, what) {
+  for (const key2 of Object.keys(value2)) {
+    if (!known.includes(key2)) {
+      throw new TypeError(`Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`);
+    }
+  }
+}
 function resolveDefaults(options, runnerCgroup) {
   if (options === void 0) options = {};
   if (!isRecord(options)) throw new TypeError("Cannot parse policy: options must be an object");
+  rejectUnknownKeys(options, ["defaults", "repository", "runner"], "options");
   const { defaults, repository, runner } = options;
   if (repository !== void 0 && typeof repository !== "string") {
     throw new TypeError("Cannot parse policy: options.repository must be a string");
@@ -1922,6 +1942,7 @@ function resolveDefaults(options, runnerCgroup) {
     throw new TypeError("Cannot parse policy: options.defaults must be an object");
   }
   const d = defaults ?? {};
+  rejectUnknownKeys(d, ["port", "protocol", "methods", "attrs"], "options.defaults");
   const resolved = {
     port: [443],
     protocol: "tcp",
@@ -2200,7 +2221,7 @@ function buildRule(ast, context, defaults, origin, warnings) {
   return { rule: { ...rule2, ...flags, line: origin.line }, info };
 }
 function hostsOverlap(a, b) {
-  return hostPatternMatches(a, normalizeHostname(b)) || hostPatternMatches(b, normalizeHostname(a));
+  return hostPatternMatches(a, normalizeHostname(b), true) || hostPatternMatches(b, normalizeHostname(a), true);
 }
 function suffixesOf(name) {
   const out = [name];
@@ -2351,7 +2372,9 @@ try {
   const inputs = readInputs();
   const rules = validatePolicy(inputs.policy, { runner: true, repository: import_node_process4.default.env.GITHUB_REPOSITORY || void 0 }).rules;
   const builtIn = rules.filter((rule2) => rule2.line === 0).length;
-  emit(`egress: ${inputs.audit ? "audit" : "enforce"}, ${rules.length} rules (${builtIn} built-in), log ${actionPaths().logFile}`);
+  emit(
+    `egress: ${inputs.audit ? "audit" : "enforce"}, ${rules.length} rules (${builtIn} built-in), log ${actionPaths().logFile}`
+  );
 } catch (error) {
   emit(`egress: ${error.message}`);
 }

@@ -1157,7 +1157,9 @@ function storedZip(entries) {
 function backendIds(runtimeToken) {
   const payload = runtimeToken.split(".")[1];
   if (!payload) throw new Error("Cannot upload the log: ACTIONS_RUNTIME_TOKEN is not a JWT");
-  const claims = JSON.parse(import_node_buffer.Buffer.from(payload.replace(/-/g, "+").replace(/_/g, "/"), "base64").toString("utf8"));
+  const claims = JSON.parse(
+    import_node_buffer.Buffer.from(payload.replace(/-/g, "+").replace(/_/g, "/"), "base64").toString("utf8")
+  );
   for (const scope of String(claims.scp ?? "").split(" ")) {
     const parts = scope.split(":");
     if (parts[0] === "Actions.Results" && parts.length === 3) {
@@ -1171,23 +1173,34 @@ function actionsArtifactUploader(env = import_node_process2.default.env, fetchIm
   return async (request) => {
     const token = env.ACTIONS_RUNTIME_TOKEN;
     const base = env.ACTIONS_RESULTS_URL;
-    if (!token || !base) throw new Error("Cannot upload the log: ACTIONS_RUNTIME_TOKEN or ACTIONS_RESULTS_URL is not set");
+    if (!token || !base) {
+      throw new Error("Cannot upload the log: ACTIONS_RUNTIME_TOKEN or ACTIONS_RESULTS_URL is not set");
+    }
     const ids = backendIds(token);
     const zip = storedZip(request.files.map((file) => ({ name: file.name, data: (0, import_node_fs2.readFileSync)(file.path) })));
     const call = async (method, body) => {
-      const response = await fetchImpl(new URL(`${SERVICE}/${method}`, base.endsWith("/") ? base : base + "/"), {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(3e4)
-      });
+      const response = await fetchImpl(
+        new URL(`${SERVICE}/${method}`, base.endsWith("/") ? base : base + "/"),
+        {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(3e4)
+        }
+      );
       const text = await response.text();
-      if (!response.ok) throw new Error(`Cannot upload the log: ${method} answered ${response.status}: ${text.slice(0, 200)}`);
+      if (!response.ok) {
+        throw new Error(
+          `Cannot upload the log: ${method} answered ${response.status}: ${text.slice(0, 200)}`
+        );
+      }
       return JSON.parse(text);
     };
     const expiresAt = new Date(Date.now() + request.retentionDays * 864e5).toISOString();
     const created = await call("CreateArtifact", { ...ids, name: request.name, version: 4, expiresAt });
-    if (!created.ok || !created.signedUploadUrl) throw new Error("Cannot upload the log: CreateArtifact refused it");
+    if (!created.ok || !created.signedUploadUrl) {
+      throw new Error("Cannot upload the log: CreateArtifact refused it");
+    }
     const put = await fetchImpl(created.signedUploadUrl, {
       method: "PUT",
       headers: { "x-ms-blob-type": "BlockBlob", "Content-Type": "application/zip" },
@@ -1196,7 +1209,12 @@ function actionsArtifactUploader(env = import_node_process2.default.env, fetchIm
     });
     if (!put.ok) throw new Error(`Cannot upload the log: the blob upload answered ${put.status}`);
     const hash = (0, import_node_crypto.createHash)("sha256").update(zip).digest("hex");
-    const finalized = await call("FinalizeArtifact", { ...ids, name: request.name, size: String(zip.length), hash: `sha256:${hash}` });
+    const finalized = await call("FinalizeArtifact", {
+      ...ids,
+      name: request.name,
+      size: String(zip.length),
+      hash: `sha256:${hash}`
+    });
     if (!finalized.ok) throw new Error("Cannot upload the log: FinalizeArtifact refused it");
     return { id: finalized.artifactId ? String(finalized.artifactId) : void 0, size: zip.length };
   };
@@ -1487,10 +1505,13 @@ function compileHostPattern(pattern) {
   const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
-function compiledHostMatches(compiled, hostname2) {
+var HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
+var PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+function compiledHostMatches(compiled, hostname2, asPattern = false) {
   if (compiled.form === "exact") return compiled.name === hostname2;
   const labels = hostname2.split(".");
-  if (labels.some((label2) => label2 === "")) return false;
+  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
+  if (labels.some((label2) => !valid.test(label2))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -1500,14 +1521,14 @@ function compiledHostMatches(compiled, hostname2) {
   return starMatches(compiled.first, labels[offset - 1]);
 }
 var compiledCache = /* @__PURE__ */ new Map();
-function hostPatternMatches(pattern, hostname2) {
+function hostPatternMatches(pattern, hostname2, asPattern = false) {
   let compiled = compiledCache.get(pattern);
   if (!compiled) {
     if (compiledCache.size >= 4096) compiledCache.clear();
     compiled = compileHostPattern(pattern);
     compiledCache.set(pattern, compiled);
   }
-  return compiledHostMatches(compiled, normalizeHostname(hostname2));
+  return compiledHostMatches(compiled, normalizeHostname(hostname2), asPattern);
 }
 
 // src/policy/ipv4.ts
@@ -1573,10 +1594,13 @@ function requestPathOf(rawPath) {
   const path2 = rawPath.slice(0, end);
   return path2 === "" ? "/" : path2;
 }
+var LENIENT_SEPARATOR = /\/|\\|%2f|%5c/i;
 function hasDotSegment(path2) {
-  for (const segment of path2.split("/")) {
-    if (segment.length === 0 || segment.length > 6) continue;
-    const decoded = segment.replace(/%2e/gi, ".");
+  for (const segment of path2.split(LENIENT_SEPARATOR)) {
+    const semicolon = segment.indexOf(";");
+    const name = semicolon < 0 ? segment : segment.slice(0, semicolon);
+    if (name.length === 0 || name.length > 6) continue;
+    const decoded = name.replace(/%2e/gi, ".");
     if (decoded === "." || decoded === "..") return true;
   }
   return false;
@@ -1650,7 +1674,7 @@ function parseEventUrl(url) {
   const scheme2 = url.slice(0, schemeEnd).toLowerCase();
   const rest = url.slice(schemeEnd + 3);
   let authorityEnd = rest.length;
-  for (const separator of ["/", "?", "#"]) {
+  for (const separator of ["/", "?", "#", "\\"]) {
     const at = rest.indexOf(separator);
     if (at >= 0 && at < authorityEnd) authorityEnd = at;
   }
@@ -2639,6 +2663,7 @@ function diagnoseOrder(words, web, quoted2) {
   return void 0;
 }
 var IPV6 = /^\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?(\/[0-9]+)?$/;
+var IPV6_MAX_LENGTH = 64;
 function diagnoseTarget(text, index) {
   if (text.startsWith("/")) {
     const query = text.indexOf("?");
@@ -2661,7 +2686,7 @@ function diagnoseTarget(text, index) {
       return { index: offset, message: "a dns: rule needs a hostname, not an IP address" };
     }
   }
-  if (IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
+  if (host.length <= IPV6_MAX_LENGTH && IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
     return { index: offset, message: "IPv6 literals are not supported" };
   }
   const slash = host.search(/[:/]/);
@@ -2780,13 +2805,17 @@ function diagnoseUrl(text, index, pathRequired) {
 }
 
 // src/policy/lines.ts
-var LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
+var LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/g;
 function splitLines(text) {
-  const body = text.charCodeAt(0) === 65279 ? text.slice(1) : text;
-  if (body === "") return [];
-  const parts = body.split(new RegExp(LINE_BREAK.source, "g"));
-  if (parts.length > 1 && parts[parts.length - 1] === "") parts.pop();
-  return parts.map((part, i) => ({ number: i + 1, text: part }));
+  const lines = [];
+  let start = text.charCodeAt(0) === 65279 ? 1 : 0;
+  LINE_BREAK.lastIndex = start;
+  for (let m = LINE_BREAK.exec(text); m !== null; m = LINE_BREAK.exec(text)) {
+    lines.push({ number: lines.length + 1, text: text.slice(start, m.index), offset: start });
+    start = m.index + m[0].length;
+  }
+  if (start < text.length) lines.push({ number: lines.length + 1, text: text.slice(start), offset: start });
+  return lines;
 }
 function columnAt(line, index) {
   let column = 1;
@@ -2809,9 +2838,19 @@ var DEFAULT_METHODS = ["GET", "HEAD"];
 var KNOWN_METHODS = /* @__PURE__ */ new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*"]);
 var ATTR_KEY = /^(arg|exe|cgroup|step|action|image|arg\[[0-9]+\])$/;
 var isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+function rejectUnknownKeys(value2, known, what) {
+  for (const key2 of Object.keys(value2)) {
+    if (!known.includes(key2)) {
+      throw new TypeError(
+        `Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`
+      );
+    }
+  }
+}
 function resolveDefaults(options, runnerCgroup) {
   if (options === void 0) options = {};
   if (!isRecord(options)) throw new TypeError("Cannot parse policy: options must be an object");
+  rejectUnknownKeys(options, ["defaults", "repository", "runner"], "options");
   const { defaults, repository, runner } = options;
   if (repository !== void 0 && typeof repository !== "string") {
     throw new TypeError("Cannot parse policy: options.repository must be a string");
@@ -2823,6 +2862,7 @@ function resolveDefaults(options, runnerCgroup) {
     throw new TypeError("Cannot parse policy: options.defaults must be an object");
   }
   const d = defaults ?? {};
+  rejectUnknownKeys(d, ["port", "protocol", "methods", "attrs"], "options.defaults");
   const resolved = {
     port: [443],
     protocol: "tcp",
@@ -3101,7 +3141,7 @@ function buildRule(ast, context, defaults, origin, warnings) {
   return { rule: { ...rule2, ...flags, line: origin.line }, info };
 }
 function hostsOverlap(a, b) {
-  return hostPatternMatches(a, normalizeHostname(b)) || hostPatternMatches(b, normalizeHostname(a));
+  return hostPatternMatches(a, normalizeHostname(b), true) || hostPatternMatches(b, normalizeHostname(a), true);
 }
 function suffixesOf(name) {
   const out = [name];
@@ -3527,7 +3567,7 @@ var Enforcer = class _Enforcer {
         if (typeof event.name === "string" && event.name !== "") {
           return this.#dualCheck(compiled, prepared, event.name);
         }
-        return this.#generic(compiled, prepared, false);
+        return this.#generic(compiled, withHostname(prepared, void 0), false);
       case "udp":
         return this.#generic(compiled, withHostname(prepared, void 0), false);
       case "tcp":
@@ -3701,6 +3741,9 @@ function checkLogLine(value2) {
     return 'dns_response needs "answers" and "ttl"';
   }
   if ("url" in o && o.type !== "http" && o.type !== "https") return `"url" on a ${o.type} line`;
+  if ("url" in o && !/^https?:\/\/[^/?#]/i.test(o.url)) {
+    return '"url" must start with http:// or https://';
+  }
   return void 0;
 }
 function isPort(v) {
@@ -3846,12 +3889,7 @@ function stripQuery(url) {
   return cut === -1 ? url : url.slice(0, cut);
 }
 function urlHost2(url) {
-  try {
-    const host = new URL(url).hostname.toLowerCase();
-    return host.endsWith(".") ? host.slice(0, -1) : host;
-  } catch {
-    return void 0;
-  }
+  return parseEventUrl(url)?.host;
 }
 
 // src/tools/suggest.ts
@@ -4228,7 +4266,11 @@ function systemPaths(root = "") {
 }
 
 // action/lib/config.ts
-function actionPaths(env = import_node_process3.default.env, bundleDir = __dirname) {
+var import_meta = {};
+function defaultBundleDir() {
+  return typeof __dirname === "string" ? __dirname : new URL(".", import_meta.url).pathname;
+}
+function actionPaths(env = import_node_process3.default.env, bundleDir = defaultBundleDir()) {
   const root = env.EGRESS_TEST_ROOT ?? "";
   const actionRoot = (0, import_node_path.resolve)(bundleDir, "..", "..");
   const logFile = `${root}/var/log/egress/connections.jsonl`;
@@ -4272,8 +4314,9 @@ function sendCommand(path2, command, token = "", timeoutMs = 1e4) {
     socket.on("close", () => {
       clearTimeout(timer);
       const line = received.split("\n")[0];
-      if (received === "") reject(new Error(`Cannot reach the egress daemon at ${path2}: connection closed without a reply`));
-      else resolve2(parseReply(line));
+      if (received === "") {
+        reject(new Error(`Cannot reach the egress daemon at ${path2}: connection closed without a reply`));
+      } else resolve2(parseReply(line));
     });
   });
 }
@@ -4317,7 +4360,11 @@ function readPrivileged(path2) {
     if (isRoot()) return void 0;
   }
   try {
-    return (0, import_node_child_process.execFileSync)("sudo", ["-n", "cat", "--", path2], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"], timeout: 1e4 });
+    return (0, import_node_child_process.execFileSync)("sudo", ["-n", "cat", "--", path2], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 1e4
+    });
   } catch {
     return void 0;
   }
@@ -4353,7 +4400,9 @@ async function runPost(options) {
     const reply = await sendCommand(paths.controlSocket, "status", "", 1e4);
     if (!reply.ok) throw new Error(reply.text);
     state = JSON.parse(reply.text).state;
-    if (state === "degraded") failures.push("egress was degraded: its worker failed repeatedly and traffic was blocked");
+    if (state === "degraded") {
+      failures.push("egress was degraded: its worker failed repeatedly and traffic was blocked");
+    }
   } catch (error) {
     failures.push(`egress was not running: ${error.message}`);
   }
@@ -4363,7 +4412,12 @@ async function runPost(options) {
     if (!reply.ok) throw new Error(reply.text);
     stopped = true;
   } catch (error) {
-    emit(annotation("warning", `egress shutdown over the control socket failed (${error.message}); trying egress stop`));
+    emit(
+      annotation(
+        "warning",
+        `egress shutdown over the control socket failed (${error.message}); trying egress stop`
+      )
+    );
     try {
       const deno = env.EGRESS_DENO || "deno";
       const stop = asRoot([deno, "run", "-A", paths.entry, "stop", "--control-socket", paths.controlSocket]);
@@ -4412,7 +4466,9 @@ async function runPost(options) {
   }
   const counts = countEvents(events);
   if (!audit && inputs.failOnDeny && counts.denied > 0) {
-    failures.push(`egress denied ${counts.denied} connection${counts.denied === 1 ? "" : "s"} (see the job summary)`);
+    failures.push(
+      `egress denied ${counts.denied} connection${counts.denied === 1 ? "" : "s"} (see the job summary)`
+    );
   }
   return { failures, uploaded, summary, counts };
 }

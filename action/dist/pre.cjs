@@ -59,7 +59,9 @@ function emit(line) {
 }
 function fileCommand(name, value2) {
   const delimiter = `egress_${(0, import_node_crypto.randomBytes)(12).toString("hex")}`;
-  if (value2.includes(delimiter) || name.includes(delimiter)) throw new Error("Cannot write a file command: bad delimiter");
+  if (value2.includes(delimiter) || name.includes(delimiter)) {
+    throw new Error("Cannot write a file command: bad delimiter");
+  }
   return `${name}<<${delimiter}
 ${value2}
 ${delimiter}
@@ -124,7 +126,11 @@ function caEnvironment(paths = systemPaths()) {
 // action/lib/config.ts
 var import_node_path = require("node:path");
 var import_node_process2 = __toESM(require("node:process"));
-function actionPaths(env = import_node_process2.default.env, bundleDir = __dirname) {
+var import_meta = {};
+function defaultBundleDir() {
+  return typeof __dirname === "string" ? __dirname : new URL(".", import_meta.url).pathname;
+}
+function actionPaths(env = import_node_process2.default.env, bundleDir = defaultBundleDir()) {
   const root = env.EGRESS_TEST_ROOT ?? "";
   const actionRoot = (0, import_node_path.resolve)(bundleDir, "..", "..");
   const logFile = `${root}/var/log/egress/connections.jsonl`;
@@ -149,11 +155,15 @@ var import_node_process3 = __toESM(require("node:process"));
 function pinnedVersion(lockDir) {
   const lock = JSON.parse((0, import_node_fs2.readFileSync)((0, import_node_path2.join)(lockDir, "package-lock.json"), "utf8"));
   const version = lock?.packages?.["node_modules/deno"]?.version;
-  if (typeof version !== "string") throw new Error(`Cannot read the pinned Deno version from ${lockDir}/package-lock.json`);
+  if (typeof version !== "string") {
+    throw new Error(`Cannot read the pinned Deno version from ${lockDir}/package-lock.json`);
+  }
   return version;
 }
 function platformPackage() {
-  if (import_node_process3.default.platform !== "linux") throw new Error(`Cannot install Deno: unsupported platform ${import_node_process3.default.platform}`);
+  if (import_node_process3.default.platform !== "linux") {
+    throw new Error(`Cannot install Deno: unsupported platform ${import_node_process3.default.platform}`);
+  }
   if (import_node_process3.default.arch === "x64") return "@deno/linux-x64-glibc";
   if (import_node_process3.default.arch === "arm64") return "@deno/linux-arm64-glibc";
   throw new Error(`Cannot install Deno: unsupported architecture ${import_node_process3.default.arch}`);
@@ -171,7 +181,9 @@ function ensureDeno(lockDir, env = import_node_process3.default.env) {
   const cacheRoot = env.RUNNER_TOOL_CACHE || (0, import_node_path2.join)(env.RUNNER_TEMP || "/tmp", "tool-cache");
   const dir = (0, import_node_path2.join)(cacheRoot, "egress-deno", version, import_node_process3.default.arch);
   const binary = (0, import_node_path2.join)(dir, "node_modules", platformPackage(), "deno");
-  if (isExecutable(binary) && (0, import_node_fs2.existsSync)((0, import_node_path2.join)(dir, ".complete"))) return { path: binary, cached: true, version };
+  if (isExecutable(binary) && (0, import_node_fs2.existsSync)((0, import_node_path2.join)(dir, ".complete"))) {
+    return { path: binary, cached: true, version, dir };
+  }
   const staging = `${dir}.staging-${import_node_process3.default.pid}`;
   (0, import_node_fs2.rmSync)(staging, { recursive: true, force: true });
   (0, import_node_fs2.mkdirSync)(staging, { recursive: true });
@@ -198,7 +210,7 @@ function ensureDeno(lockDir, env = import_node_process3.default.env) {
   (0, import_node_fs2.rmSync)(dir, { recursive: true, force: true });
   (0, import_node_fs2.mkdirSync)((0, import_node_path2.join)(dir, ".."), { recursive: true });
   (0, import_node_fs2.renameSync)(staging, dir);
-  return { path: binary, cached: false, version };
+  return { path: binary, cached: false, version, dir };
 }
 
 // action/lib/inputs.ts
@@ -1280,10 +1292,13 @@ function compileHostPattern(pattern) {
   const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
-function compiledHostMatches(compiled, hostname2) {
+var HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
+var PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+function compiledHostMatches(compiled, hostname2, asPattern = false) {
   if (compiled.form === "exact") return compiled.name === hostname2;
   const labels = hostname2.split(".");
-  if (labels.some((label2) => label2 === "")) return false;
+  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
+  if (labels.some((label2) => !valid.test(label2))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -1293,14 +1308,14 @@ function compiledHostMatches(compiled, hostname2) {
   return starMatches(compiled.first, labels[offset - 1]);
 }
 var compiledCache = /* @__PURE__ */ new Map();
-function hostPatternMatches(pattern, hostname2) {
+function hostPatternMatches(pattern, hostname2, asPattern = false) {
   let compiled = compiledCache.get(pattern);
   if (!compiled) {
     if (compiledCache.size >= 4096) compiledCache.clear();
     compiled = compileHostPattern(pattern);
     compiledCache.set(pattern, compiled);
   }
-  return compiledHostMatches(compiled, normalizeHostname(hostname2));
+  return compiledHostMatches(compiled, normalizeHostname(hostname2), asPattern);
 }
 var import_typescript_parsec = __toESM2(require_lib());
 var WS_RUN = /[ \t]+/y;
@@ -1864,6 +1879,7 @@ function diagnoseOrder(words, web, quoted2) {
   return void 0;
 }
 var IPV6 = /^\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?(\/[0-9]+)?$/;
+var IPV6_MAX_LENGTH = 64;
 function diagnoseTarget(text, index) {
   if (text.startsWith("/")) {
     const query = text.indexOf("?");
@@ -1886,7 +1902,7 @@ function diagnoseTarget(text, index) {
       return { index: offset, message: "a dns: rule needs a hostname, not an IP address" };
     }
   }
-  if (IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
+  if (host.length <= IPV6_MAX_LENGTH && IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
     return { index: offset, message: "IPv6 literals are not supported" };
   }
   const slash = host.search(/[:/]/);
@@ -2003,13 +2019,17 @@ function diagnoseUrl(text, index, pathRequired) {
   }
   return void 0;
 }
-var LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
+var LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/g;
 function splitLines(text) {
-  const body = text.charCodeAt(0) === 65279 ? text.slice(1) : text;
-  if (body === "") return [];
-  const parts = body.split(new RegExp(LINE_BREAK.source, "g"));
-  if (parts.length > 1 && parts[parts.length - 1] === "") parts.pop();
-  return parts.map((part, i) => ({ number: i + 1, text: part }));
+  const lines = [];
+  let start = text.charCodeAt(0) === 65279 ? 1 : 0;
+  LINE_BREAK.lastIndex = start;
+  for (let m = LINE_BREAK.exec(text); m !== null; m = LINE_BREAK.exec(text)) {
+    lines.push({ number: lines.length + 1, text: text.slice(start, m.index), offset: start });
+    start = m.index + m[0].length;
+  }
+  if (start < text.length) lines.push({ number: lines.length + 1, text: text.slice(start), offset: start });
+  return lines;
 }
 function columnAt(line, index) {
   let column = 1;
@@ -2030,9 +2050,17 @@ var DEFAULT_METHODS = ["GET", "HEAD"];
 var KNOWN_METHODS = /* @__PURE__ */ new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*"]);
 var ATTR_KEY = /^(arg|exe|cgroup|step|action|image|arg\[[0-9]+\])$/;
 var isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+function rejectUnknownKeys(value2, known, what) {
+  for (const key2 of Object.keys(value2)) {
+    if (!known.includes(key2)) {
+      throw new TypeError(`Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`);
+    }
+  }
+}
 function resolveDefaults(options, runnerCgroup) {
   if (options === void 0) options = {};
   if (!isRecord(options)) throw new TypeError("Cannot parse policy: options must be an object");
+  rejectUnknownKeys(options, ["defaults", "repository", "runner"], "options");
   const { defaults, repository, runner } = options;
   if (repository !== void 0 && typeof repository !== "string") {
     throw new TypeError("Cannot parse policy: options.repository must be a string");
@@ -2044,6 +2072,7 @@ function resolveDefaults(options, runnerCgroup) {
     throw new TypeError("Cannot parse policy: options.defaults must be an object");
   }
   const d = defaults ?? {};
+  rejectUnknownKeys(d, ["port", "protocol", "methods", "attrs"], "options.defaults");
   const resolved = {
     port: [443],
     protocol: "tcp",
@@ -2322,7 +2351,7 @@ function buildRule(ast, context, defaults, origin, warnings) {
   return { rule: { ...rule2, ...flags, line: origin.line }, info };
 }
 function hostsOverlap(a, b) {
-  return hostPatternMatches(a, normalizeHostname(b)) || hostPatternMatches(b, normalizeHostname(a));
+  return hostPatternMatches(a, normalizeHostname(b), true) || hostPatternMatches(b, normalizeHostname(a), true);
 }
 function suffixesOf(name) {
   const out = [name];
@@ -2487,7 +2516,11 @@ function readPrivileged(path2) {
     if (isRoot()) return void 0;
   }
   try {
-    return (0, import_node_child_process2.execFileSync)("sudo", ["-n", "cat", "--", path2], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"], timeout: 1e4 });
+    return (0, import_node_child_process2.execFileSync)("sudo", ["-n", "cat", "--", path2], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 1e4
+    });
   } catch {
     return void 0;
   }
@@ -2511,7 +2544,11 @@ var DAEMON_VARIABLES = [
   "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
   "ACTIONS_RUNTIME_TOKEN"
 ];
-var TEST_VARIABLES = ["EGRESS_TEST_ROOT", "EGRESS_TEST_RUNNER_WORKER", "EGRESS_TEST_RUNNER_CGROUP"];
+var TEST_VARIABLES = [
+  "EGRESS_TEST_ROOT",
+  "EGRESS_TEST_RUNNER_WORKER",
+  "EGRESS_TEST_RUNNER_CGROUP"
+];
 var StepFailure = class extends Error {
   constructor(message) {
     super(message);
@@ -2526,11 +2563,20 @@ function reportPolicy(inputs, repository) {
     emit(annotation("warning", `${where2}${warning.message}`, { title }));
   }
   for (const error of result.errors) {
-    emit(annotation(inputs.audit ? "warning" : "error", `line ${error.line}, column ${error.column}: ${error.message}`, { title }));
+    emit(
+      annotation(
+        inputs.audit ? "warning" : "error",
+        `line ${error.line}, column ${error.column}: ${error.message}`,
+        { title }
+      )
+    );
   }
   return { failed: !inputs.audit && result.errors.length > 0, rules: result.rules.length };
 }
-var LIBRARIES = [["libbpf.so.1", "libbpf1"], ["libnetfilter_queue.so.1", "libnetfilter-queue1"]];
+var LIBRARIES = [["libbpf.so.1", "libbpf1"], [
+  "libnetfilter_queue.so.1",
+  "libnetfilter-queue1"
+]];
 function ensureLibraries() {
   let cache = "";
   try {
@@ -2553,12 +2599,14 @@ function ensureLibraries() {
   }
   return missing;
 }
-function daemonArgs(deno, paths, inputs) {
+function daemonArgs(deno, paths, inputs, env = import_node_process6.default.env) {
   return [
     deno,
     "run",
     "-A",
     "--no-prompt",
+    "--config",
+    (0, import_node_path3.join)(paths.actionRoot, "deno.json"),
     paths.entry,
     "start",
     "--runner",
@@ -2575,7 +2623,9 @@ function daemonArgs(deno, paths, inputs) {
     ...inputs.audit ? ["--audit"] : [],
     ...inputs.allowSudo ? ["--allow-sudo"] : [],
     ...inputs.socketSecurity ? ["--package-check"] : [],
-    ...inputs.containerCerts ? [] : ["--no-container-certs"]
+    ...inputs.containerCerts ? [] : ["--no-container-certs"],
+    // Tests only: attach the hooks to the simulated runner's cgroup, never the machine's root.
+    ...env.EGRESS_TEST_CGROUP ? ["--cgroup", env.EGRESS_TEST_CGROUP] : []
   ];
 }
 function launchCommand(daemon, env) {
@@ -2609,11 +2659,15 @@ async function runPre(options = {}) {
   const installed = ensureLibraries();
   if (installed.length > 0) emit(`egress: installed ${installed.join(", ")}`);
   (0, import_node_fs4.mkdirSync)(paths.workDir, { recursive: true, mode: 448 });
-  const daemonEnv = daemonEnvironment(env, inputs, (0, import_node_path3.join)(deno.path, "..", "..", "..", "deno-dir"));
-  const argv = launchCommand(daemonArgs(deno.path, paths, inputs), daemonEnv);
+  const daemonEnv = daemonEnvironment(env, inputs, env.DENO_DIR || (0, import_node_path3.join)(deno.dir, "deno-dir"));
+  const argv = launchCommand(daemonArgs(deno.path, paths, inputs, env), daemonEnv);
   const outputPath = (0, import_node_path3.join)(paths.workDir, "daemon.out");
   const output = (0, import_node_fs4.openSync)(outputPath, "a", 384);
-  const child = (0, import_node_child_process3.spawn)(argv[0], argv.slice(1), { detached: true, stdio: ["pipe", output, output], env: daemonEnv });
+  const child = (0, import_node_child_process3.spawn)(argv[0], argv.slice(1), {
+    detached: true,
+    stdio: ["pipe", output, output],
+    env: daemonEnv
+  });
   let exitCode;
   child.on("exit", (code, signal) => exitCode = code ?? (signal ? 128 : 1));
   child.on("error", () => exitCode = 127);
@@ -2652,7 +2706,9 @@ runPre().then(
   () => import_node_process7.default.exit(0),
   (error) => {
     const known = error instanceof StepFailure || error instanceof InputError;
-    emit(annotation("error", known ? error.message : `egress pre failed: ${error.stack ?? error}`));
+    emit(
+      annotation("error", known ? error.message : `egress pre failed: ${error.stack ?? error}`)
+    );
     import_node_process7.default.exit(1);
   }
 );

@@ -106,9 +106,14 @@ function editConfig(original, edit) {
   }
   const config = structuredClone(original);
   const mounts = Array.isArray(config.mounts) ? config.mounts : [];
-  const wanted = [readOnlyBind(edit.caTarget, edit.caSource), ...edit.bundles.map((b) => readOnlyBind(b.destination, b.source))];
+  const wanted = [
+    readOnlyBind(edit.caTarget, edit.caSource),
+    ...edit.bundles.map((b) => readOnlyBind(b.destination, b.source))
+  ];
   for (const mount of wanted) {
-    if (!mounts.some((m) => m.destination === mount.destination && m.source === mount.source)) mounts.push(mount);
+    if (!mounts.some((m) => m.destination === mount.destination && m.source === mount.source)) {
+      mounts.push(mount);
+    }
   }
   config.mounts = mounts;
   config.process = config.process && typeof config.process === "object" ? config.process : {};
@@ -157,18 +162,21 @@ function rootfsView(rootfs) {
 }
 function dockerImage(socketPath, id) {
   return new Promise((done) => {
-    const req = (0, import_node_http.request)({ socketPath, path: `/containers/${id}/json`, method: "GET", timeout: 2e3 }, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk) => body += chunk);
-      res.on("end", () => {
-        try {
-          done(res.statusCode === 200 ? JSON.parse(body)?.Config?.Image || void 0 : void 0);
-        } catch {
-          done(void 0);
-        }
-      });
-    });
+    const req = (0, import_node_http.request)(
+      { socketPath, path: `/containers/${id}/json`, method: "GET", timeout: 2e3 },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk) => body += chunk);
+        res.on("end", () => {
+          try {
+            done(res.statusCode === 200 ? JSON.parse(body)?.Config?.Image || void 0 : void 0);
+          } catch {
+            done(void 0);
+          }
+        });
+      }
+    );
     req.on("timeout", () => req.destroy());
     req.on("error", () => done(void 0));
     req.end();

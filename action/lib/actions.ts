@@ -37,7 +37,11 @@ function escapeProperty(text: string): string {
 export type AnnotationProperties = { title?: string; file?: string; line?: number; col?: number };
 
 /** `::error title=…::message` (and `warning`, `notice`). */
-export function annotation(kind: "error" | "warning" | "notice", message: string, properties: AnnotationProperties = {}): string {
+export function annotation(
+  kind: "error" | "warning" | "notice",
+  message: string,
+  properties: AnnotationProperties = {},
+): string {
   const props = Object.entries(properties)
     .filter(([, value]) => value !== undefined && value !== "")
     .map(([key, value]) => `${key}=${escapeProperty(String(value))}`)
@@ -52,7 +56,9 @@ export function emit(line: string): void {
 /** `NAME<<delimiter` blocks, safe for any value. */
 function fileCommand(name: string, value: string): string {
   const delimiter = `egress_${randomBytes(12).toString("hex")}`;
-  if (value.includes(delimiter) || name.includes(delimiter)) throw new Error("Cannot write a file command: bad delimiter");
+  if (value.includes(delimiter) || name.includes(delimiter)) {
+    throw new Error("Cannot write a file command: bad delimiter");
+  }
   return `${name}<<${delimiter}\n${value}\n${delimiter}\n`;
 }
 

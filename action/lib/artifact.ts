@@ -90,10 +90,14 @@ export function storedZip(entries: Array<{ name: string; data: Uint8Array }>): U
 }
 
 /** The run and job ids the artifact service wants, from the runtime token's `scp` claim. */
-export function backendIds(runtimeToken: string): { workflowRunBackendId: string; workflowJobRunBackendId: string } {
+export function backendIds(
+  runtimeToken: string,
+): { workflowRunBackendId: string; workflowJobRunBackendId: string } {
   const payload = runtimeToken.split(".")[1];
   if (!payload) throw new Error("Cannot upload the log: ACTIONS_RUNTIME_TOKEN is not a JWT");
-  const claims = JSON.parse(Buffer.from(payload.replace(/-/g, "+").replace(/_/g, "/"), "base64").toString("utf8"));
+  const claims = JSON.parse(
+    Buffer.from(payload.replace(/-/g, "+").replace(/_/g, "/"), "base64").toString("utf8"),
+  );
   for (const scope of String(claims.scp ?? "").split(" ")) {
     const parts = scope.split(":");
     if (parts[0] === "Actions.Results" && parts.length === 3) {
@@ -113,23 +117,34 @@ export function actionsArtifactUploader(
   return async (request) => {
     const token = env.ACTIONS_RUNTIME_TOKEN;
     const base = env.ACTIONS_RESULTS_URL;
-    if (!token || !base) throw new Error("Cannot upload the log: ACTIONS_RUNTIME_TOKEN or ACTIONS_RESULTS_URL is not set");
+    if (!token || !base) {
+      throw new Error("Cannot upload the log: ACTIONS_RUNTIME_TOKEN or ACTIONS_RESULTS_URL is not set");
+    }
     const ids = backendIds(token);
     const zip = storedZip(request.files.map((file) => ({ name: file.name, data: readFileSync(file.path) })));
     const call = async (method: string, body: Record<string, unknown>) => {
-      const response = await fetchImpl(new URL(`${SERVICE}/${method}`, base.endsWith("/") ? base : base + "/"), {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(30_000),
-      });
+      const response = await fetchImpl(
+        new URL(`${SERVICE}/${method}`, base.endsWith("/") ? base : base + "/"),
+        {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(30_000),
+        },
+      );
       const text = await response.text();
-      if (!response.ok) throw new Error(`Cannot upload the log: ${method} answered ${response.status}: ${text.slice(0, 200)}`);
+      if (!response.ok) {
+        throw new Error(
+          `Cannot upload the log: ${method} answered ${response.status}: ${text.slice(0, 200)}`,
+        );
+      }
       return JSON.parse(text);
     };
     const expiresAt = new Date(Date.now() + request.retentionDays * 86_400_000).toISOString();
     const created = await call("CreateArtifact", { ...ids, name: request.name, version: 4, expiresAt });
-    if (!created.ok || !created.signedUploadUrl) throw new Error("Cannot upload the log: CreateArtifact refused it");
+    if (!created.ok || !created.signedUploadUrl) {
+      throw new Error("Cannot upload the log: CreateArtifact refused it");
+    }
     const put = await fetchImpl(created.signedUploadUrl, {
       method: "PUT",
       headers: { "x-ms-blob-type": "BlockBlob", "Content-Type": "application/zip" },
@@ -138,7 +153,12 @@ export function actionsArtifactUploader(
     });
     if (!put.ok) throw new Error(`Cannot upload the log: the blob upload answered ${put.status}`);
     const hash = createHash("sha256").update(zip).digest("hex");
-    const finalized = await call("FinalizeArtifact", { ...ids, name: request.name, size: String(zip.length), hash: `sha256:${hash}` });
+    const finalized = await call("FinalizeArtifact", {
+      ...ids,
+      name: request.name,
+      size: String(zip.length),
+      hash: `sha256:${hash}`,
+    });
     if (!finalized.ok) throw new Error("Cannot upload the log: FinalizeArtifact refused it");
     return { id: finalized.artifactId ? String(finalized.artifactId) : undefined, size: zip.length };
   };

@@ -21,9 +21,17 @@ export type ActionPaths = {
 };
 
 /** The bundle's directory (action/dist), set by the CommonJS wrapper esbuild emits. */
-declare const __dirname: string;
+declare const __dirname: string | undefined;
 
-export function actionPaths(env: NodeJS.ProcessEnv = process.env, bundleDir: string = __dirname): ActionPaths {
+/** The bundle's directory; unbundled (Deno tests) the sources' action/lib, which sits as deep. */
+function defaultBundleDir(): string {
+  return typeof __dirname === "string" ? __dirname : new URL(".", import.meta.url).pathname;
+}
+
+export function actionPaths(
+  env: NodeJS.ProcessEnv = process.env,
+  bundleDir: string = defaultBundleDir(),
+): ActionPaths {
   const root = env.EGRESS_TEST_ROOT ?? "";
   const actionRoot = resolve(bundleDir, "..", "..");
   const logFile = `${root}/var/log/egress/connections.jsonl`;

@@ -30,8 +30,9 @@ export function sendCommand(path: string, command: string, token = "", timeoutMs
     socket.on("close", () => {
       clearTimeout(timer);
       const line = received.split("\n")[0];
-      if (received === "") reject(new Error(`Cannot reach the egress daemon at ${path}: connection closed without a reply`));
-      else resolve(parseReply(line));
+      if (received === "") {
+        reject(new Error(`Cannot reach the egress daemon at ${path}: connection closed without a reply`));
+      } else resolve(parseReply(line));
     });
   });
 }

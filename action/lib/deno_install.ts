@@ -3,21 +3,40 @@
 // verifies them. Installed once into the tool cache, so a warm runner skips the download.
 
 import { execFileSync } from "node:child_process";
-import { accessSync, constants, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  accessSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 
-export type DenoInstall = { path: string; cached: boolean; version: string };
+export type DenoInstall = {
+  path: string;
+  cached: boolean;
+  version: string; /** the install directory */
+  dir: string;
+};
 
 function pinnedVersion(lockDir: string): string {
   const lock = JSON.parse(readFileSync(join(lockDir, "package-lock.json"), "utf8"));
   const version = lock?.packages?.["node_modules/deno"]?.version;
-  if (typeof version !== "string") throw new Error(`Cannot read the pinned Deno version from ${lockDir}/package-lock.json`);
+  if (typeof version !== "string") {
+    throw new Error(`Cannot read the pinned Deno version from ${lockDir}/package-lock.json`);
+  }
   return version;
 }
 
 function platformPackage(): string {
-  if (process.platform !== "linux") throw new Error(`Cannot install Deno: unsupported platform ${process.platform}`);
+  if (process.platform !== "linux") {
+    throw new Error(`Cannot install Deno: unsupported platform ${process.platform}`);
+  }
   if (process.arch === "x64") return "@deno/linux-x64-glibc";
   if (process.arch === "arm64") return "@deno/linux-arm64-glibc";
   throw new Error(`Cannot install Deno: unsupported architecture ${process.arch}`);
@@ -38,7 +57,9 @@ export function ensureDeno(lockDir: string, env: NodeJS.ProcessEnv = process.env
   const cacheRoot = env.RUNNER_TOOL_CACHE || join(env.RUNNER_TEMP || "/tmp", "tool-cache");
   const dir = join(cacheRoot, "egress-deno", version, process.arch);
   const binary = join(dir, "node_modules", platformPackage(), "deno");
-  if (isExecutable(binary) && existsSync(join(dir, ".complete"))) return { path: binary, cached: true, version };
+  if (isExecutable(binary) && existsSync(join(dir, ".complete"))) {
+    return { path: binary, cached: true, version, dir };
+  }
   const staging = `${dir}.staging-${process.pid}`;
   rmSync(staging, { recursive: true, force: true });
   mkdirSync(staging, { recursive: true });
@@ -65,5 +86,5 @@ export function ensureDeno(lockDir: string, env: NodeJS.ProcessEnv = process.env
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(join(dir, ".."), { recursive: true });
   renameSync(staging, dir);
-  return { path: binary, cached: false, version };
+  return { path: binary, cached: false, version, dir };
 }

@@ -22,7 +22,12 @@ export const RETENTION_DAYS = 30;
 const SHUTDOWN_WAIT_MS = 15_000;
 
 export type PostOptions = { env?: NodeJS.ProcessEnv; uploader: Uploader; shutdownWaitMs?: number };
-export type PostOutcome = { failures: string[]; uploaded: boolean; summary: string; counts: ReturnType<typeof countEvents> };
+export type PostOutcome = {
+  failures: string[];
+  uploaded: boolean;
+  summary: string;
+  counts: ReturnType<typeof countEvents>;
+};
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -54,7 +59,9 @@ export async function runPost(options: PostOptions): Promise<PostOutcome> {
     const reply = await sendCommand(paths.controlSocket, "status", "", 10_000);
     if (!reply.ok) throw new Error(reply.text);
     state = JSON.parse(reply.text).state;
-    if (state === "degraded") failures.push("egress was degraded: its worker failed repeatedly and traffic was blocked");
+    if (state === "degraded") {
+      failures.push("egress was degraded: its worker failed repeatedly and traffic was blocked");
+    }
   } catch (error) {
     failures.push(`egress was not running: ${(error as Error).message}`);
   }
@@ -64,7 +71,12 @@ export async function runPost(options: PostOptions): Promise<PostOutcome> {
     if (!reply.ok) throw new Error(reply.text);
     stopped = true;
   } catch (error) {
-    emit(annotation("warning", `egress shutdown over the control socket failed (${(error as Error).message}); trying egress stop`));
+    emit(
+      annotation(
+        "warning",
+        `egress shutdown over the control socket failed (${(error as Error).message}); trying egress stop`,
+      ),
+    );
     try {
       const deno = env.EGRESS_DENO || "deno";
       const stop = asRoot([deno, "run", "-A", paths.entry, "stop", "--control-socket", paths.controlSocket]);
@@ -119,7 +131,9 @@ export async function runPost(options: PostOptions): Promise<PostOutcome> {
   // 3. Verdict.
   const counts = countEvents(events);
   if (!audit && inputs.failOnDeny && counts.denied > 0) {
-    failures.push(`egress denied ${counts.denied} connection${counts.denied === 1 ? "" : "s"} (see the job summary)`);
+    failures.push(
+      `egress denied ${counts.denied} connection${counts.denied === 1 ? "" : "s"} (see the job summary)`,
+    );
   }
   return { failures, uploaded, summary, counts };
 }

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { caEnvironment } from "../../src/runner/paths.ts";
 import { annotation, emit, exportVariable, saveState, setSecret } from "./actions.ts";
-import { actionPaths, type ActionPaths } from "./config.ts";
+import { type ActionPaths, actionPaths } from "./config.ts";
 import { ensureDeno } from "./deno_install.ts";
 import { checkRunner, type Inputs, readInputs } from "./inputs.ts";
 import { validatePolicy } from "./policy_library.ts";
@@ -27,7 +27,11 @@ export const DAEMON_VARIABLES = [
   "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
   "ACTIONS_RUNTIME_TOKEN",
 ] as const;
-const TEST_VARIABLES = ["EGRESS_TEST_ROOT", "EGRESS_TEST_RUNNER_WORKER", "EGRESS_TEST_RUNNER_CGROUP"] as const;
+const TEST_VARIABLES = [
+  "EGRESS_TEST_ROOT",
+  "EGRESS_TEST_RUNNER_WORKER",
+  "EGRESS_TEST_RUNNER_CGROUP",
+] as const;
 
 export class StepFailure extends Error {
   constructor(message: string) {
@@ -37,7 +41,10 @@ export class StepFailure extends Error {
 }
 
 /** Annotations for the policy's issues; returns whether the step must fail (enforce + errors). */
-export function reportPolicy(inputs: Inputs, repository: string | undefined): { failed: boolean; rules: number } {
+export function reportPolicy(
+  inputs: Inputs,
+  repository: string | undefined,
+): { failed: boolean; rules: number } {
   const result = validatePolicy(inputs.policy, { runner: true, repository: repository || undefined });
   const title = "egress policy";
   for (const warning of result.warnings) {
@@ -45,13 +52,22 @@ export function reportPolicy(inputs: Inputs, repository: string | undefined): { 
     emit(annotation("warning", `${where}${warning.message}`, { title }));
   }
   for (const error of result.errors) {
-    emit(annotation(inputs.audit ? "warning" : "error", `line ${error.line}, column ${error.column}: ${error.message}`, { title }));
+    emit(
+      annotation(
+        inputs.audit ? "warning" : "error",
+        `line ${error.line}, column ${error.column}: ${error.message}`,
+        { title },
+      ),
+    );
   }
   return { failed: !inputs.audit && result.errors.length > 0, rules: result.rules.length };
 }
 
 /** Shared libraries the daemon loads through FFI (Debian/Ubuntu package names). */
-const LIBRARIES: Array<[string, string]> = [["libbpf.so.1", "libbpf1"], ["libnetfilter_queue.so.1", "libnetfilter-queue1"]];
+const LIBRARIES: Array<[string, string]> = [["libbpf.so.1", "libbpf1"], [
+  "libnetfilter_queue.so.1",
+  "libnetfilter-queue1",
+]];
 
 export function ensureLibraries(): string[] {
   let cache = "";
@@ -77,12 +93,19 @@ export function ensureLibraries(): string[] {
 }
 
 /** The daemon's argv (before sudo/systemd-run) for these inputs. */
-export function daemonArgs(deno: string, paths: ActionPaths, inputs: Inputs): string[] {
+export function daemonArgs(
+  deno: string,
+  paths: ActionPaths,
+  inputs: Inputs,
+  env: NodeJS.ProcessEnv = process.env,
+): string[] {
   return [
     deno,
     "run",
     "-A",
     "--no-prompt",
+    "--config",
+    join(paths.actionRoot, "deno.json"),
     paths.entry,
     "start",
     "--runner",
@@ -100,6 +123,8 @@ export function daemonArgs(deno: string, paths: ActionPaths, inputs: Inputs): st
     ...(inputs.allowSudo ? ["--allow-sudo"] : []),
     ...(inputs.socketSecurity ? ["--package-check"] : []),
     ...(inputs.containerCerts ? [] : ["--no-container-certs"]),
+    // Tests only: attach the hooks to the simulated runner's cgroup, never the machine's root.
+    ...(env.EGRESS_TEST_CGROUP ? ["--cgroup", env.EGRESS_TEST_CGROUP] : []),
   ];
 }
 
@@ -147,11 +172,16 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   if (installed.length > 0) emit(`egress: installed ${installed.join(", ")}`);
 
   mkdirSync(paths.workDir, { recursive: true, mode: 0o700 });
-  const daemonEnv = daemonEnvironment(env, inputs, join(deno.path, "..", "..", "..", "deno-dir"));
-  const argv = launchCommand(daemonArgs(deno.path, paths, inputs), daemonEnv);
+  // Deno's module cache sits beside the binary in the tool cache, so a warm runner starts at once.
+  const daemonEnv = daemonEnvironment(env, inputs, env.DENO_DIR || join(deno.dir, "deno-dir"));
+  const argv = launchCommand(daemonArgs(deno.path, paths, inputs, env), daemonEnv);
   const outputPath = join(paths.workDir, "daemon.out");
   const output = openSync(outputPath, "a", 0o600);
-  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ["pipe", output, output], env: daemonEnv });
+  const child = spawn(argv[0], argv.slice(1), {
+    detached: true,
+    stdio: ["pipe", output, output],
+    env: daemonEnv,
+  });
   let exitCode: number | null | undefined;
   child.on("exit", (code, signal) => (exitCode = code ?? (signal ? 128 : 1)));
   child.on("error", () => (exitCode = 127));
@@ -165,7 +195,9 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   const deadline = Date.now() + timeout;
   while (!existsSync(paths.readyFile)) {
     if (exitCode !== undefined || Date.now() > deadline) {
-      const why = exitCode !== undefined ? `the daemon exited with code ${exitCode}` : `no ready file after ${timeout / 1000} s`;
+      const why = exitCode !== undefined
+        ? `the daemon exited with code ${exitCode}`
+        : `no ready file after ${timeout / 1000} s`;
       const details = [tail(outputPath), tail(paths.operationalLog)].filter(Boolean).join("\n");
       if (details) emit(`::group::egress daemon output\n${details}\n::endgroup::`);
       throw new StepFailure(`Cannot start egress: ${why}`);

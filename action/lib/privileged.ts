@@ -24,7 +24,11 @@ export function readPrivileged(path: string): string | undefined {
     if (isRoot()) return undefined;
   }
   try {
-    return execFileSync("sudo", ["-n", "cat", "--", path], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"], timeout: 10_000 });
+    return execFileSync("sudo", ["-n", "cat", "--", path], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 10_000,
+    });
   } catch {
     return undefined;
   }

@@ -7,7 +7,10 @@ import { annotation, emit } from "./actions.ts";
 import { actionPaths } from "./config.ts";
 import { sendCommand } from "./control.ts";
 
-export async function runControlCommand(command: "disable-sudo" | "enable-sudo", env: NodeJS.ProcessEnv = process.env): Promise<number> {
+export async function runControlCommand(
+  command: "disable-sudo" | "enable-sudo",
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
   const paths = actionPaths(env);
   let token = "";
   try {

@@ -77,7 +77,11 @@ function systemPaths(root = "") {
 }
 
 // action/lib/config.ts
-function actionPaths(env = import_node_process2.default.env, bundleDir = __dirname) {
+var import_meta = {};
+function defaultBundleDir() {
+  return typeof __dirname === "string" ? __dirname : new URL(".", import_meta.url).pathname;
+}
+function actionPaths(env = import_node_process2.default.env, bundleDir = defaultBundleDir()) {
   const root = env.EGRESS_TEST_ROOT ?? "";
   const actionRoot = (0, import_node_path.resolve)(bundleDir, "..", "..");
   const logFile = `${root}/var/log/egress/connections.jsonl`;
@@ -121,8 +125,9 @@ function sendCommand(path, command, token = "", timeoutMs = 1e4) {
     socket.on("close", () => {
       clearTimeout(timer);
       const line = received.split("\n")[0];
-      if (received === "") reject(new Error(`Cannot reach the egress daemon at ${path}: connection closed without a reply`));
-      else resolve2(parseReply(line));
+      if (received === "") {
+        reject(new Error(`Cannot reach the egress daemon at ${path}: connection closed without a reply`));
+      } else resolve2(parseReply(line));
     });
   });
 }

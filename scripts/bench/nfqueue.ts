@@ -1,9 +1,20 @@
-// Benchmark of the NFQUEUE consumer (root only): UDP packets per second through the queue and the
-// consumer (accept-all verdicts) against the same send loop with no queue rule, measured in the same
-// run. Everything runs in a network namespace this script creates and removes; traffic stays on the
+// Benchmark of the NFQUEUE consumer (root only), three phases with the same send loop:
+//   baseline   no rules at all;
+//   queued     every packet through the queue and an accept-all consumer (queued packets/s);
+//   fast path  egress's real steering rules (src/netfilter/rules.ts) and the real UDP handler with a
+//              `udp` rule allowing the flow: the first packet is judged, the connmark then lets the
+//              rest of the flow bypass the queue (goal ≥ 0.9× baseline).
+// Each phase runs in a network namespace this script creates and removes; traffic stays on the
 // namespace's loopback. Bounded: each phase sends for SECONDS, every child is killed after a timeout.
 //   deno run -A scripts/bench/nfqueue.ts [seconds=3] [payloadBytes=64]
 import { ACCEPT, NfqueueConsumer, readNfqueueStats } from "../../src/udp/nfqueue.ts";
+import { createUdpPacketHandler } from "../../src/udp/udp_policy.ts";
+import { FlowLogLimiter } from "../../src/udp/flow_table.ts";
+import { Rendezvous } from "../../src/dns/rendezvous.ts";
+import { DEFAULT_MARKS, steeringRestoreText } from "../../src/netfilter/rules.ts";
+import { parsePolicy } from "../../src/policy/policy.ts";
+import { Enforcer } from "../../src/policy/enforcer.ts";
+import { createCgroup } from "../../src/kernel/cgroup.ts";
 
 const PORT = 9999;
 const PYTHON = "/usr/bin/python3";
@@ -59,16 +70,32 @@ function cpuSeconds(): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-async function consumerAgent(queueNum: number): Promise<void> {
+/** The daemon's UDP handler with a policy that allows the benchmark flow. */
+function fastPathHandler() {
+  const policy = parsePolicy(`127.0.0.1:${PORT}/udp`);
+  const enforcer = new Enforcer(policy, { corroborate: true });
+  return createUdpPacketHandler({
+    getEnforcer: () => enforcer,
+    getPolicy: () => policy,
+    rendezvous: new Rendezvous(),
+    log: { write: () => {} },
+    marks: DEFAULT_MARKS,
+    flowLimiter: new FlowLogLimiter(),
+    isLocal: (ip) => ip.startsWith("127."),
+  });
+}
+
+async function consumerAgent(queueNum: number, mode: string): Promise<void> {
   let first = 0;
   let last = 0;
+  const judge = mode === "fastpath" ? fastPathHandler() : () => ACCEPT;
   const consumer = NfqueueConsumer.open({
     queueNum,
     copyRange: 128,
-    onPacket() {
+    onPacket(packet) {
       last = performance.now();
       if (first === 0) first = last;
-      return ACCEPT;
+      return judge(packet);
     },
   });
   const cpuAtStart = cpuSeconds();
@@ -156,16 +183,19 @@ type Phase = {
   consumer?: Json;
 };
 
-async function phase(netns: string, seconds: number, size: number, queued: boolean, queueNum: number) {
+type Mode = "baseline" | "queued" | "fastpath";
+
+async function phase(netns: string, seconds: number, size: number, mode: Mode, queueNum: number) {
   const timeoutMs = (seconds + 20) * 1000;
   let consumer: Child | undefined;
-  if (queued) {
+  if (mode !== "baseline") {
     consumer = new Child(netns, Deno.execPath(), [
       "run",
       "-A",
       import.meta.filename!,
       "agent",
       String(queueNum),
+      mode,
     ], timeoutMs);
     await consumer.next();
   }
@@ -211,12 +241,23 @@ async function main(): Promise<void> {
     console.error("Cannot run the nfqueue benchmark: needs root (network namespace, iptables, nfqueue)");
     Deno.exit(1);
   }
-  const netns = `egnfqb-${(Deno.pid % 46656).toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
+  const runId = `${(Deno.pid % 46656).toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
   const queueNum = 1000 + Math.floor(Math.random() * 50_000);
-  await run("ip", "netns", "add", netns);
-  try {
-    await run("ip", "-n", netns, "link", "set", "lo", "up");
-    const baseline = await phase(netns, seconds, size, false, queueNum);
+  const k = (value: number) => `${(value / 1000).toFixed(1)}k/s`;
+  console.log(
+    `nfqueue benchmark: ${seconds} s per phase, ${size}-byte UDP payloads, loopback in netns egnfqb-${runId}-*`,
+  );
+
+  const baseline = await inNetns(
+    `egnfqb-${runId}-b`,
+    (netns) => phase(netns, seconds, size, "baseline", queueNum),
+  );
+  console.log(
+    `  baseline (no rules): sent ${k(baseline.sentPerSecond)}, delivered ${k(baseline.deliveredPerSecond)} ` +
+      `(${baseline.received}/${baseline.sent})`,
+  );
+
+  const queued = await inNetns(`egnfqb-${runId}-q`, async (netns) => {
     await run(
       "ip",
       "netns",
@@ -237,45 +278,84 @@ async function main(): Promise<void> {
       "--queue-num",
       String(queueNum),
     );
-    const queued = await phase(netns, seconds, size, true, queueNum);
-    const verdicts = Number(queued.consumer?.verdicts ?? 0);
-    const verdictSeconds = Number(queued.consumer?.seconds ?? 0);
-    const verdictsPerSecond = verdictSeconds > 0 ? verdicts / verdictSeconds : 0;
-    const k = (value: number) => `${(value / 1000).toFixed(1)}k/s`;
+    return await phase(netns, seconds, size, "queued", queueNum);
+  });
+  const verdicts = Number(queued.consumer?.verdicts ?? 0);
+  const verdictSeconds = Number(queued.consumer?.seconds ?? 0);
+  const verdictsPerSecond = verdictSeconds > 0 ? verdicts / verdictSeconds : 0;
+  console.log(
+    `  through the queue:   sent ${k(queued.sentPerSecond)}, delivered ${k(queued.deliveredPerSecond)} ` +
+      `(${queued.received}/${queued.sent}), verdicts ${k(verdictsPerSecond)} (${verdicts}), ` +
+      `enobufs ${queued.consumer?.enobufs}, queue dropped ${queued.consumer?.queueDropped}, ` +
+      `user dropped ${queued.consumer?.userDropped}`,
+  );
+  const cpu = Number(queued.consumer?.cpuSeconds ?? 0);
+  if (verdicts > 0 && cpu > 0) {
+    const perPacket = (cpu / verdicts) * 1e6;
     console.log(
-      `nfqueue benchmark: ${seconds} s per phase, ${size}-byte UDP payloads, loopback in netns ${netns}`,
+      `  consumer CPU: ${cpu.toFixed(2)} s for ${verdicts} packets = ${perPacket.toFixed(2)} µs/packet ` +
+        `(≈ ${k(1e6 / perPacket)} on one free core)`,
     );
-    console.log(
-      `  baseline (no queue): sent ${k(baseline.sentPerSecond)}, delivered ${
-        k(baseline.deliveredPerSecond)
-      } ` +
-        `(${baseline.received}/${baseline.sent})`,
-    );
-    console.log(
-      `  through the queue:   sent ${k(queued.sentPerSecond)}, delivered ${k(queued.deliveredPerSecond)} ` +
-        `(${queued.received}/${queued.sent}), verdicts ${k(verdictsPerSecond)} (${verdicts}), ` +
-        `enobufs ${queued.consumer?.enobufs}, queue dropped ${queued.consumer?.queueDropped}, ` +
-        `user dropped ${queued.consumer?.userDropped}`,
-    );
-    const cpu = Number(queued.consumer?.cpuSeconds ?? 0);
-    if (verdicts > 0 && cpu > 0) {
-      const perPacket = (cpu / verdicts) * 1e6;
-      console.log(
-        `  consumer CPU: ${cpu.toFixed(2)} s for ${verdicts} packets = ${perPacket.toFixed(2)} µs/packet ` +
-          `(≈ ${k(1e6 / perPacket)} on one free core)`,
-      );
-    }
-    const ratio = baseline.sentPerSecond > 0 ? queued.sentPerSecond / baseline.sentPerSecond : 0;
-    const deliveredRatio = baseline.deliveredPerSecond > 0
-      ? queued.deliveredPerSecond / baseline.deliveredPerSecond
-      : 0;
-    console.log(
-      `  ratio queued/baseline: send loop ${ratio.toFixed(2)}, delivered ${deliveredRatio.toFixed(2)}`,
-    );
+  }
+
+  // The real steering rules exempt egress's own cgroup; the benchmark needs one to exist.
+  const cgroup = createCgroup(`/egnfqb-${runId}`);
+  let fast: Phase;
+  try {
+    fast = await inNetns(`egnfqb-${runId}-f`, async (netns) => {
+      const rules = steeringRestoreText({
+        proxyPort: 15080,
+        dnsPort: 15053,
+        queueNum,
+        exemptCgroupPath: cgroup.hierarchyPath,
+      });
+      const restore = new Deno.Command("ip", {
+        args: ["netns", "exec", netns, "iptables-restore", "-w", "--noflush"],
+        stdin: "piped",
+        stderr: "piped",
+      }).spawn();
+      const writer = restore.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(rules));
+      await writer.close();
+      const restored = await restore.output();
+      if (!restored.success) {
+        throw new Error(`Cannot install the steering rules: ${new TextDecoder().decode(restored.stderr)}`);
+      }
+      return await phase(netns, seconds, size, "fastpath", queueNum);
+    });
+  } finally {
+    await Deno.remove(cgroup.fsPath).catch(() => {});
+  }
+  console.log(
+    `  fast path (connmark): sent ${k(fast.sentPerSecond)}, delivered ${k(fast.deliveredPerSecond)} ` +
+      `(${fast.received}/${fast.sent}), packets judged ${fast.consumer?.verdicts}`,
+  );
+
+  const ratio = (a: number, b: number) => (b > 0 ? a / b : 0).toFixed(2);
+  console.log(
+    `  ratio queued/baseline: send loop ${ratio(queued.sentPerSecond, baseline.sentPerSecond)}, ` +
+      `delivered ${ratio(queued.deliveredPerSecond, baseline.deliveredPerSecond)}`,
+  );
+  const fastRatio = baseline.deliveredPerSecond > 0
+    ? fast.deliveredPerSecond / baseline.deliveredPerSecond
+    : 0;
+  console.log(
+    `  ratio fast path/baseline: send loop ${ratio(fast.sentPerSecond, baseline.sentPerSecond)}, ` +
+      `delivered ${fastRatio.toFixed(2)} (goal ≥ 0.9: ${fastRatio >= 0.9 ? "met" : "NOT met"}); ` +
+      `queued verdicts ≥ 50k/s: ${verdictsPerSecond >= 50_000 ? "met" : "NOT met"}`,
+  );
+}
+
+/** Runs fn in a fresh network namespace with lo up; always removes it. */
+async function inNetns<T>(netns: string, fn: (netns: string) => Promise<T>): Promise<T> {
+  await run("ip", "netns", "add", netns);
+  try {
+    await run("ip", "-n", netns, "link", "set", "lo", "up");
+    return await fn(netns);
   } finally {
     await run("ip", "netns", "del", netns).catch(() => {});
   }
 }
 
-if (Deno.args[0] === "agent") await consumerAgent(Number(Deno.args[1]));
+if (Deno.args[0] === "agent") await consumerAgent(Number(Deno.args[1]), Deno.args[2]);
 else await main();

@@ -193,6 +193,10 @@ function setup(size: number): Setup {
     }
   }
   const hits = events.filter((event) => enforcer.decide(event, { mitm: true }).allowed).length;
+  // Every aimed event must be allowed and every unrelated one denied, or the numbers mean nothing.
+  if (hits !== events.length / 2) {
+    throw new Error(`Cannot trust the benchmark: ${hits} of ${events.length} allowed, wanted half`);
+  }
   return { size, enforcer, events, expectedHits: hits };
 }
 

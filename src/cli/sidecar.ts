@@ -30,6 +30,8 @@ Options:
   --log FILE               connection log (default stdout)
   --ready-file PATH        created once the sidecar is ready
   --nft PATH               nft binary (default nft)
+  --allow-host-network     run even where the namespace looks like the host's (VM sandboxes
+                           such as Kata or Firecracker have device-backed interfaces)
   --healthcheck            GET /healthz of a running sidecar, exit 0 (ok) or 1
   -h, --help               this help`;
 
@@ -48,6 +50,7 @@ const FLAGS = {
   "ready-file": { kind: "string" },
   nft: { kind: "string" },
   healthcheck: { kind: "boolean" },
+  "allow-host-network": { kind: "boolean" },
   help: { kind: "boolean", short: "h" },
 } as const;
 
@@ -217,11 +220,15 @@ export async function runSidecar(args: string[]): Promise<number> {
     },
     exists,
   );
-  if (refusal !== undefined) {
-    throw new CliError(`refusing to run in the host network namespace: ${refusal}`, 1);
+  if (refusal !== undefined && !flags["allow-host-network"]) {
+    throw new CliError(
+      `refusing to run in the host network namespace: ${refusal} (--allow-host-network overrides)`,
+      1,
+    );
   }
 
   const ops = new OperationalLog({});
+  if (refusal !== undefined) ops.warn(`host network check overridden by --allow-host-network: ${refusal}`);
   const log = await ConnectionLog.open({ path: flags.log ?? "-", reporter: ops });
   const sidecar = new Sidecar({
     mode,
@@ -237,6 +244,8 @@ export async function runSidecar(args: string[]): Promise<number> {
 
   let stopRequested: () => void = () => {};
   const stopped = new Promise<void>((resolve) => (stopRequested = resolve));
+  // Only a requested stop removes the enforcement; an exit on an error leaves it (fail closed).
+  let cleanExit = false;
   const onSignal = () => stopRequested();
   Deno.addSignalListener("SIGTERM", onSignal);
   Deno.addSignalListener("SIGINT", onSignal);
@@ -249,7 +258,7 @@ export async function runSidecar(args: string[]): Promise<number> {
       throw error;
     }
     try {
-      await sidecar.setPolicy(initial.policy);
+      await sidecar.setPolicy(initial.policy, { countUpdate: false });
     } catch (error) {
       throw new CliError(`Cannot apply the policy from ${initial.source}: ${(error as Error).message}`, 1);
     }
@@ -272,12 +281,13 @@ export async function runSidecar(args: string[]): Promise<number> {
     ops.info(`sidecar ready: policy ${initial.source}, API ${server.addr.hostname}:${server.addr.port}`);
     await stopped;
     ops.info("SIGTERM: stopping");
+    cleanExit = true;
     return 0;
   } finally {
     Deno.removeSignalListener("SIGTERM", onSignal);
     Deno.removeSignalListener("SIGINT", onSignal);
     await server?.shutdown().catch(() => {});
-    await sidecar.stop();
+    await sidecar.stop({ keepEnforcement: !cleanExit });
     if (flags["ready-file"] !== undefined) await Deno.remove(flags["ready-file"]).catch(() => {});
     await log.close();
     ops.close();

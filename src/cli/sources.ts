@@ -46,22 +46,27 @@ export async function readInput(path: string): Promise<string> {
 }
 
 /**
- * Reads `path` (`-` = stdin). A YAML document that is a mapping with a `jobs` mapping is a
- * workflow; a `.yml`/`.yaml` file that is not valid YAML is an error (exit 2); anything else is a
- * plain policy file.
+ * Reads `path` (`-` = stdin). A `.yml`/`.yaml` file whose document is a mapping with a `jobs`
+ * mapping is a workflow, and one that is not valid YAML is an error (exit 2); anything else,
+ * stdin included, is a plain policy file (cli.md: "`-` = stdin policy").
  */
 export async function loadPolicyFile(path: string, options: { action?: string } = {}): Promise<LoadedFile> {
   const text = await readInput(path);
   const file = path === "-" ? STDIN_NAME : path;
   const fileLines = text.split("\n").map((l) => l.endsWith("\r") ? l.slice(0, -1) : l);
+  const plain: LoadedFile = {
+    file,
+    kind: "policy",
+    sources: [{ file, location: null, text, fileLines }],
+    problems: [],
+  };
+  if (path === "-" || !/\.ya?ml$/i.test(path)) return plain;
   const inspection = inspectWorkflow(text, options);
-  if (inspection.kind === "invalid-yaml" && /\.ya?ml$/i.test(path)) {
+  if (inspection.kind === "invalid-yaml") {
     const e = inspection.error;
     throw new CliError(`Cannot parse ${file}:${e.line}:${e.column}: invalid YAML: ${e.message}`, 2);
   }
-  if (inspection.kind !== "workflow") {
-    return { file, kind: "policy", sources: [{ file, location: null, text, fileLines }], problems: [] };
-  }
+  if (inspection.kind !== "workflow") return plain;
   return {
     file,
     kind: "workflow",

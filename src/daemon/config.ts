@@ -22,6 +22,12 @@ export type DaemonConfig = {
   queueNum: number;
   upstreamCaFiles: string[];
   dnsUpstreams: DnsUpstream[];
+  /** GitHub runner integration (runner.md) */
+  runner: boolean;
+  /** runner mode: keep sudo and log its use */
+  allowSudo: boolean;
+  /** runner mode: install the runc wrapper */
+  containerCerts: boolean;
 };
 
 export const START_USAGE = `Usage: egress start [options]
@@ -43,6 +49,10 @@ Options:
   --queue-num N            NFQUEUE number (default 15)
   --upstream-ca FILE       extra CA certificates for upstream TLS (repeatable)
   --dns-upstream IP[:PORT] send allowed DNS queries here (repeatable)
+  --runner                 GitHub runner integration: built-in rules, trusted step context, self-check,
+                           sudo / user-namespace / CA / runc hardening (runner.md)
+  --allow-sudo             runner mode: keep sudo, log its use as sudo events
+  --no-container-certs     runner mode: no runc wrapper (containers do not trust the egress CA)
 
 Stops on SIGINT, SIGTERM or "egress stop"; reloads the policy on SIGHUP or "reload".
 Exit: 0 stopped cleanly, 1 startup failed or invalid policy, 2 usage error.`;
@@ -69,7 +79,7 @@ const FLAGS = {
   "no-container-certs": { kind: "boolean" },
 } as const;
 
-const LATER = ["runner", "allow-sudo", "package-check", "package-check-url", "no-container-certs"] as const;
+const LATER = ["package-check", "package-check-url"] as const;
 
 function integer(flag: string, text: string | undefined, fallback: number, min: number, max: number): number {
   if (text === undefined) return fallback;
@@ -114,6 +124,9 @@ export function parseStartArgs(
   const proxyPort = integer("proxy-port", flags["proxy-port"], 15080, 1, 65535);
   const dnsPort = integer("dns-port", flags["dns-port"], 15053, 1, 65535);
   if (proxyPort === dnsPort) throw new UsageError("--proxy-port and --dns-port must differ");
+  if (!flags.runner && (flags["allow-sudo"] || flags["no-container-certs"])) {
+    throw new UsageError(`--${flags["allow-sudo"] ? "allow-sudo" : "no-container-certs"} needs --runner`);
+  }
   const repository = flags.repo ?? env("GITHUB_REPOSITORY");
   if (repository !== undefined && repository !== "" && !/^[^/\s]+\/[^/\s]+$/.test(repository)) {
     throw new UsageError(`--repo must be OWNER/REPO, got ${JSON.stringify(repository)}`);
@@ -133,6 +146,9 @@ export function parseStartArgs(
     queueNum: integer("queue-num", flags["queue-num"], 15, 0, 65535),
     upstreamCaFiles: flags["upstream-ca"],
     dnsUpstreams: flags["dns-upstream"].map(parseDnsUpstream),
+    runner: flags.runner,
+    allowSudo: flags["allow-sudo"],
+    containerCerts: !flags["no-container-certs"],
   };
 }
 

@@ -15,8 +15,22 @@ import { PolicyError } from "../policy/mod.ts";
 import { describeProcess } from "../proc/process_info.ts";
 import { EgressCertificates } from "../proxy/certificates.ts";
 import { sendControlCommand } from "../control/client.ts";
-import { type ControlAnswer, ControlServer } from "../control/server.ts";
+import { generateControlToken, PeerControlServer, writeControlToken } from "../control/peer_server.ts";
 import { errorLine, okLine, type StatusReply } from "../control/protocol.ts";
+import {
+  runnerSelfCheck,
+  type SelfCheckResult,
+  type TrustedContext,
+  trustedContext,
+} from "../proc/github_context.ts";
+import { cgroupOfProcess } from "../kernel/cgroup.ts";
+import {
+  applyRunnerHardening,
+  realRunnerEnvironment,
+  removeRunnerLeftovers,
+  type RunnerEnvironment,
+  type SudoControl,
+} from "./runner_mode.ts";
 import { type DaemonConfig, instanceName } from "./config.ts";
 import { createConnectionResolver } from "./attribution_wiring.ts";
 import { enterOwnCgroup, leaveOwnCgroup, removeStaleOwnCgroups } from "./own_cgroup.ts";
@@ -94,7 +108,20 @@ export type DaemonDeps = {
   oplog?: OperationalLog;
   /** Called once the daemon is ready; gets a stop function (tests). */
   onReady?: (stop: () => void) => void;
+  /** Runner mode pieces (tests: a temporary root, fake sudo tools, a fake runner tree). */
+  runner?: Partial<RunnerEnvironment> & {
+    selfCheck?: () => SelfCheckResult;
+    contextOf?: (pid: number) => TrustedContext;
+    /** egress's own GITHUB_ACTION_REPOSITORY (default: from the environment at start) */
+    actionRepository?: string;
+  };
 };
+
+/** Where `systemd-run --scope --unit=egress` puts the daemon on a hosted runner. */
+export const RUNNER_EGRESS_SCOPE = "/system.slice/egress.scope";
+
+/** A control answer: the reply line, and what to do once it has been sent. */
+type ControlAnswer = { reply: string; afterReply?: () => void };
 
 /** Thrown by a step: startup stops, what was set up is removed, exit 1. */
 class StartupFailed extends Error {}
@@ -143,7 +170,11 @@ export async function runDaemon(
   const early = deps.oplog ?? new OperationalLog({ stderr: true });
   let parsed;
   try {
-    parsed = parseDaemonPolicy(policyText, { audit: config.audit, repository: config.repository });
+    parsed = parseDaemonPolicy(policyText, {
+      audit: config.audit,
+      repository: config.repository,
+      runner: config.runner,
+    });
   } catch (error) {
     if (error instanceof PolicyError) {
       for (const issue of error.issues) early.error(`policy: ${formatIssue(issue)}`);
@@ -168,6 +199,21 @@ export async function runDaemon(
       return 1;
     }
     throw error;
+  }
+
+  // Runner mode: egress must run below Runner.Worker, or the trusted context means nothing.
+  const runnerEnv: RunnerEnvironment | undefined = config.runner
+    ? { ...realRunnerEnvironment(), ...deps.runner }
+    : undefined;
+  const actionRepository = deps.runner?.actionRepository ?? Deno.env.get("GITHUB_ACTION_REPOSITORY") ??
+    undefined;
+  if (config.runner) {
+    const check = (deps.runner?.selfCheck ?? (() => runnerSelfCheck()))();
+    if (!check.ok) {
+      early.error(check.error);
+      return 1;
+    }
+    early.info(`runner self-check: Runner.Worker is ancestor pid ${check.workerPid}`);
   }
 
   // A daemon still answering on the socket owns this setup: never tear down its rules.
@@ -212,7 +258,11 @@ export async function runDaemon(
     reloading = true;
     try {
       const text = await readPolicyForReload(config);
-      const next = parseDaemonPolicy(text, { audit: config.audit, repository: config.repository });
+      const next = parseDaemonPolicy(text, {
+        audit: config.audit,
+        repository: config.repository,
+        runner: config.runner,
+      });
       for (const issue of next.skipped) {
         oplog.warn(`reload: policy: ${formatIssue(issue)} (line skipped, audit mode)`);
       }
@@ -283,6 +333,10 @@ export async function runDaemon(
   let exitCode = 0;
   try {
     const own = await step("move into egress's own cgroup", () => {
+      if (config.runner && deps.system === undefined && cgroupOfProcess() === RUNNER_EGRESS_SCOPE) {
+        oplog.info(`own cgroup: ${RUNNER_EGRESS_SCOPE} (systemd-run scope)`);
+        return { path: RUNNER_EGRESS_SCOPE, leave: async () => {} };
+      }
       const own = system.enterOwnCgroup();
       teardown.add(PHASE.ownCgroup, `leave and remove cgroup ${own.path}`, () => own.leave());
       oplog.info(`own cgroup: ${own.path}`);
@@ -300,6 +354,7 @@ export async function runDaemon(
       if (config.readyFile && await removeFile(config.readyFile)) {
         oplog.info(`leftover: removed stale ready file ${config.readyFile}`);
       }
+      if (runnerEnv) await removeRunnerLeftovers(runnerEnv, oplog);
       const pins = system.countLeftoverPins(instance);
       if (pins > 0) {
         oplog.info(
@@ -310,6 +365,7 @@ export async function runDaemon(
 
     const certificates = await step("load or create the CA", async () => {
       await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+      await Deno.chmod(config.stateDir, 0o700);
       const certificates = await EgressCertificates.loadOrCreate(config.stateDir);
       teardown.add(PHASE.caKey, "delete the CA key", () => certificates.deleteCaKey());
       await Deno.writeTextFile(`${config.stateDir}/policy.txt`, policyText, { mode: 0o600 });
@@ -384,9 +440,50 @@ export async function runDaemon(
     });
     await step("flush UDP conntrack entries", () => parts.steering.flushUdpConntrack());
 
+    let sudo: SudoControl | undefined;
+    if (runnerEnv) {
+      sudo = await step(
+        "harden the runner (sudo, user namespaces, CA trust, runc wrapper)",
+        () =>
+          applyRunnerHardening({
+            config,
+            env: runnerEnv,
+            caPem: certificates.caCertPem,
+            teardown,
+            oplog,
+            connectionLog,
+          }),
+      );
+    }
+    const sudoCommand = async (action: "disable" | "enable"): Promise<ControlAnswer> => {
+      if (!sudo) return { reply: errorLine("sudo control needs --runner") };
+      try {
+        return { reply: okLine(await sudo[action]()) };
+      } catch (error) {
+        oplog.error(`${action}-sudo: ${(error as Error).message}`);
+        return { reply: errorLine((error as Error).message) };
+      }
+    };
+
     await step(`open the control socket ${config.controlSocket}`, async () => {
-      const server = await ControlServer.listen({
+      let token: string | undefined;
+      if (config.runner) {
+        // Root-only; `pre` reads it through sudo and hands it on only through the action's state.
+        token = generateControlToken();
+        const tokenPath = `${config.stateDir}/control-token`;
+        await writeControlToken(tokenPath, token);
+        teardown.add(
+          PHASE.controlFile,
+          "remove the control token",
+          () => removeFile(tokenPath).then(() => {}),
+        );
+      }
+      const contextOf = deps.runner?.contextOf ?? ((pid: number) => trustedContext(pid));
+      const server = await PeerControlServer.listen({
         path: config.controlSocket,
+        // Runner mode: anyone may connect; peer credentials, trusted context and token decide.
+        mode: config.runner ? 0o666 : 0o600,
+        authentication: { runner: config.runner, actionRepository, token, contextOf },
         log: (level, message) =>
           oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
         handler: (command) => {
@@ -397,6 +494,10 @@ export async function runDaemon(
               return { reply: okLine("shutting down"), afterReply: () => requestStop("control shutdown") };
             case "reload":
               return reload();
+            case "disable-sudo":
+              return sudoCommand("disable");
+            case "enable-sudo":
+              return sudoCommand("enable");
             default:
               return { reply: errorLine("unknown command") };
           }

@@ -17,9 +17,10 @@ export type ParsedDaemonPolicy = {
  */
 export function parseDaemonPolicy(
   text: string,
-  options: { audit: boolean; repository?: string },
+  options: { audit: boolean; repository?: string; runner?: boolean },
 ): ParsedDaemonPolicy {
-  const policyOptions = { repository: options.repository ?? "owner/repo" };
+  // Runner mode: the built-in runner rules first, the runner cgroup as default attribute.
+  const policyOptions = { repository: options.repository ?? "owner/repo", runner: options.runner ?? false };
   if (!options.audit) {
     const policy = parsePolicy(text, policyOptions);
     return { policy, skipped: [], warnings: policy.warnings };

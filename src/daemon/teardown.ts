@@ -7,9 +7,13 @@ export const PHASE = {
   readyFile: 10,
   controlAccept: 20,
   listeners: 30,
+  /** runner mode: sudo events go into the connection log before it closes */
+  runnerEvents: 35,
   connectionLog: 40,
   steering: 50,
   bpf: 60,
+  /** runner mode: sudoers, runc, sysctls, CA trust */
+  runnerRestore: 65,
   caKey: 70,
   controlFile: 80,
   ownCgroup: 90,

@@ -8,7 +8,6 @@
 // rendezvous entry (src/dns/rendezvous.ts); on a miss, conntrack by the reply tuple
 // (DnsOriginResolver); still unknown ⇒ deny with `original destination unknown`.
 
-import dgram from "node:dgram";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import type { Enforcer } from "../policy/enforcer.ts";
@@ -18,6 +17,13 @@ import type { ProcessInfo } from "../proc/process_info.ts";
 import type { ConnectionLogEvent } from "../log/connection_log.ts";
 import { DnsTcpDeframer, frameDnsTcp, readDnsQuestions } from "../proto/dns_detect.ts";
 import type { Rendezvous, RendezvousScope } from "./rendezvous.ts";
+import { UdpSocket } from "../udp/udp_socket.ts";
+import {
+  type ExpectedQuestion,
+  sameQuestion,
+  UdpUpstreamPool,
+  type UdpUpstreamPoolOptions,
+} from "./upstream_pool.ts";
 import {
   addDecisionFields,
   addProcessFields,
@@ -84,6 +90,8 @@ export type DnsProxyOptions = {
   /** serve UDP / TCP (both by default) */
   udp?: boolean;
   tcp?: boolean;
+  /** the long-lived upstream UDP sockets (src/dns/upstream_pool.ts) */
+  upstreamPool?: UdpUpstreamPoolOptions;
 };
 
 /** Parses `IP[:PORT]` of --dns-upstream (port 53 by default). */
@@ -137,12 +145,12 @@ export function answersOf(response: Uint8Array): Answers | undefined {
   return { ips, minTtl: ips.length === 0 ? 0 : minTtl };
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 function normalizeIpv4(ip: string): string {
   return ip.toLowerCase().startsWith("::ffff:") ? ip.slice(7) : ip;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 async function writeAll(stream: ByteStream, bytes: Uint8Array): Promise<void> {
@@ -162,8 +170,9 @@ export class DnsProxy {
   readonly #timeoutMs: number;
   readonly #audit: boolean;
   /** Receiving sockets; a reply always leaves through the socket its query arrived on. */
-  #udpSockets: dgram.Socket[] = [];
+  #udpSockets: UdpSocket[] = [];
   #tcp: Deno.Listener | undefined;
+  #pool: UdpUpstreamPool | undefined;
   readonly #tcpConnections = new Set<ByteStream>();
   #inFlight = 0;
   #closed = false;
@@ -185,6 +194,7 @@ export class DnsProxy {
     const hostname = options.hostname ?? "0.0.0.0";
     try {
       if (options.udp !== false) {
+        proxy.#pool = new UdpUpstreamPool(options.upstreamPool);
         // A query REDIRECTed in OUTPUT lands on 127.0.0.1, but a wildcard socket would answer from
         // the address routing picks for the client (e.g. the host's own address), which conntrack
         // cannot map back: the client would never see the reply. So a wildcard listener also gets a
@@ -193,17 +203,22 @@ export class DnsProxy {
         const hosts = hostname === "0.0.0.0" ? ["127.0.0.1", "0.0.0.0"] : [hostname];
         let port = options.port;
         for (const host of hosts) {
-          const socket = await bindUdp(host, port, (message, rinfo) => {
-            proxy.#onUdpQuery(socket, message, rinfo);
-          }, hosts.length > 1);
+          const socket: UdpSocket = UdpSocket.bind(host, port, (message, ip, clientPort) => {
+            proxy.#onUdpQuery(socket, message, { ip, port: clientPort });
+          }, { reuseAddr: hosts.length > 1 });
           proxy.#udpSockets.push(socket);
-          port = socket.address().port;
+          port = socket.port;
+          socket.finished.catch((error) => {
+            if (!proxy.#closed) {
+              proxy.#oplog.error(`DNS proxy stopped receiving on ${host}:${port}: ${describe(error)}`);
+            }
+          });
         }
       }
       if (options.tcp !== false) {
         // Same port as UDP when one was picked, so `port: 0` gives one port for both.
         const udp = proxy.#udpSockets[0];
-        const port = options.port === 0 && udp ? udp.address().port : options.port;
+        const port = options.port === 0 && udp ? udp.port : options.port;
         proxy.#tcp = Deno.listen({ hostname, port, transport: "tcp" });
         proxy.#acceptLoop(proxy.#tcp);
       }
@@ -217,7 +232,7 @@ export class DnsProxy {
   /** The UDP port (or the TCP one when UDP is off). */
   get port(): number {
     const udp = this.#udpSockets[0];
-    if (udp) return udp.address().port;
+    if (udp) return udp.port;
     const address = this.#tcp?.addr as Deno.NetAddr | undefined;
     return address?.port ?? 0;
   }
@@ -228,7 +243,7 @@ export class DnsProxy {
     this.#closed = true;
     const sockets = this.#udpSockets;
     this.#udpSockets = [];
-    await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => socket.close(() => resolve()))));
+    await Promise.all(sockets.map((socket) => socket.close()));
     try {
       this.#tcp?.close();
     } catch {
@@ -242,34 +257,34 @@ export class DnsProxy {
       }
     }
     this.#tcpConnections.clear();
+    await this.#pool?.close();
+  }
+
+  /** The upstream pool's counters (answers ignored as unknown or mismatched, rotations). */
+  get upstreamStats(): UdpUpstreamPool["stats"] | undefined {
+    return this.#pool?.stats;
   }
 
   // ------------------------------------------------------------------ UDP
 
-  #onUdpQuery(socket: dgram.Socket, message: Buffer, rinfo: dgram.RemoteInfo): void {
+  #onUdpQuery(socket: UdpSocket, query: Uint8Array, client: UdpClient): void {
     if (this.#inFlight >= MAX_IN_FLIGHT) {
       this.#noteDrop(`too many queries in flight (${MAX_IN_FLIGHT})`);
       return;
     }
     this.#inFlight++;
-    const query = new Uint8Array(message.buffer, message.byteOffset, message.byteLength);
-    const client = { ip: normalizeIpv4(rinfo.address), port: rinfo.port };
     this.#answerUdp(socket, query, client).finally(() => this.#inFlight--);
   }
 
-  async #answerUdp(socket: dgram.Socket, query: Uint8Array, client: UdpClient): Promise<void> {
+  async #answerUdp(socket: UdpSocket, query: Uint8Array, client: UdpClient): Promise<void> {
     try {
       const outcome = await this.#judge(
         query,
         "udp",
         async (id, name) => await this.#udpOrigin(client, id, name),
       );
-      if (outcome.response && !this.#closed) {
-        socket.send(outcome.response, client.port, client.ip, (error) => {
-          if (error) {
-            this.#oplog.warn(`Cannot answer DNS client ${client.ip}:${client.port}: ${error.message}`);
-          }
-        });
+      if (outcome.response && !this.#closed && !socket.send(outcome.response, client.ip, client.port)) {
+        this.#noteDrop(`cannot send the answer to ${client.ip}:${client.port}`);
       }
     } catch (error) {
       this.#oplog.error(`Cannot handle DNS query from ${client.ip}:${client.port}: ${describe(error)}`);
@@ -471,7 +486,7 @@ export class DnsProxy {
     if (!decision.allowed) return refused();
 
     const targets = upstreams.length > 0 ? upstreams : [{ ip: origin!.dstIp, port: origin!.dstPort }];
-    const response = await this.#forward(query, questions.id, targets, transport);
+    const response = await this.#forward(query, questions.questions[0], targets, transport);
     if (!response) {
       this.stats.servfail++;
       return { response: errorResponse(query, RCODE_SERVFAIL, questions.end, 1), kind: "servfail" };
@@ -529,7 +544,7 @@ export class DnsProxy {
   /** Tries the targets in order within the deadline; the answer, or undefined (⇒ SERVFAIL). */
   async #forward(
     query: Uint8Array,
-    id: number,
+    question: ExpectedQuestion,
     targets: Upstream[],
     transport: "udp" | "tcp",
   ): Promise<Uint8Array | undefined> {
@@ -547,8 +562,8 @@ export class DnsProxy {
       }
       try {
         return transport === "udp"
-          ? await forwardUdp(query, id, target, budget)
-          : await forwardTcp(query, id, target, budget);
+          ? await this.#pool!.query(query, question, target, budget)
+          : await forwardTcp(query, question, target, budget);
       } catch (error) {
         failures.push(`${target.ip}:${target.port}: ${describe(error)}`);
       }
@@ -558,68 +573,13 @@ export class DnsProxy {
   }
 }
 
-function bindUdp(
-  hostname: string,
-  port: number,
-  onMessage: (message: Buffer, rinfo: dgram.RemoteInfo) => void,
-  reuseAddr: boolean,
-): Promise<dgram.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket({ type: "udp4", reuseAddr });
-    const fail = (error: Error) => {
-      try {
-        socket.close();
-      } catch {
-        // never bound
-      }
-      reject(error);
-    };
-    socket.once("error", fail);
-    socket.on("message", onMessage);
-    socket.bind(port, hostname, () => {
-      socket.off("error", fail);
-      // A socket error after binding (e.g. ICMP-triggered) must not take the daemon down.
-      socket.on("error", () => {});
-      resolve(socket);
-    });
-  });
-}
-
-/** One query over a fresh UDP socket; resolves with the first response with the query's id. */
-function forwardUdp(query: Uint8Array, id: number, target: Upstream, timeoutMs: number): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket({ type: "udp4" });
-    let done = false;
-    const finish = (error: Error | undefined, response?: Uint8Array) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      try {
-        socket.close();
-      } catch {
-        // already closed
-      }
-      if (error) reject(error);
-      else resolve(response!);
-    };
-    const timer = setTimeout(() => finish(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-    socket.on("error", (error) => finish(error));
-    socket.on("message", (message, rinfo) => {
-      // Only the resolver we asked, answering our id, counts (anything else is spoofing or noise).
-      if (normalizeIpv4(rinfo.address) !== target.ip || rinfo.port !== target.port) return;
-      if (message.length < 12 || ((message[0] << 8) | message[1]) !== id || !(message[2] & 0x80)) return;
-      finish(undefined, new Uint8Array(message.buffer, message.byteOffset, message.byteLength));
-    });
-    socket.send(query, target.port, target.ip, (error) => {
-      if (error) finish(error);
-    });
-  });
-}
-
-/** One query over a fresh TCP connection; resolves with the first framed response. */
+/**
+ * One query over a fresh TCP connection (its own port and connection: no id remapping needed);
+ * resolves with the first framed response with the query's id and question.
+ */
 async function forwardTcp(
   query: Uint8Array,
-  id: number,
+  question: ExpectedQuestion,
   target: Upstream,
   timeoutMs: number,
 ): Promise<Uint8Array> {
@@ -643,7 +603,10 @@ async function forwardTcp(
       const n = await conn.read(buffer);
       if (n === null) throw new Error("connection closed before an answer");
       for (const message of deframer.push(buffer.subarray(0, n))) {
-        if (message.length >= 12 && ((message[0] << 8) | message[1]) === id && (message[2] & 0x80)) {
+        if (
+          message.length >= 12 && message[0] === query[0] && message[1] === query[1] &&
+          (message[2] & 0x80) && sameQuestion(message, question)
+        ) {
           return message;
         }
       }

@@ -22,7 +22,7 @@ export interface BpfLoadOptions {
   cgroup?: string;
   /** Directory holding egress_attr.bpf.o and egress_deny.bpf.o; default bpf/dist of this checkout. */
   objectDir?: string;
-  /** Attach the deny hooks (IPv6, raw/ICMP sockets). Default true. */
+  /** Attach the deny hooks (IPv6, sockets other than TCP/UDP). Default true. */
   deny?: boolean;
   /** Attach the attribution programs. Default true. */
   attribution?: boolean;
@@ -66,6 +66,7 @@ export const DENY_PROGRAMS: readonly ProgramSpec[] = [
   { name: "egress_deny_c6", feature: "cgroup/connect6", attach: "cgroup" },
   { name: "egress_deny_s6", feature: "cgroup/sendmsg6", attach: "cgroup" },
   { name: "egress_deny_sock", feature: "cgroup/sock_create", attach: "cgroup" },
+  { name: "egress_deny_skb", feature: "cgroup_skb/egress", attach: "cgroup" },
 ];
 
 /** Mirrors EGRESS_CONN_ENTRIES / EGRESS_STASH_ENTRIES in bpf/egress.h. */

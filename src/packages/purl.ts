@@ -2,7 +2,8 @@
 //
 // Only the exact download shapes of the table in extras.md are recognised; anything else is "not a
 // package" and is not checked. Query and fragment never take part (a `?x` suffix must not defeat
-// the check) and `%2f`/`%2F` in the path counts as `/` (registries decode it).
+// the check) and `%2f`/`%2F` in the path counts as `/` (registries decode it); beyond the spec, other
+// spellings of the same path (escaped letters, `//`, `.`/`..` segments) are read as the server would.
 
 export type Ecosystem = "npm" | "pypi" | "cargo";
 
@@ -31,9 +32,8 @@ export function packageFromUrl(url: string): PackageRef | undefined {
   const parts = splitUrl(url);
   if (parts === undefined) return undefined;
   const { host, path } = parts;
-  const segments = path.split("/");
-  if (segments[0] !== "") return undefined;
-  segments.shift();
+  if (!path.startsWith("/")) return undefined;
+  const segments = canonicalSegments(path);
   if (NPM_HOSTS.has(host)) return npmPackage(segments);
   if (host === PYPI_HOST) return pypiPackage(segments);
   if (CARGO_API_HOSTS.has(host)) {
@@ -54,7 +54,11 @@ export function normalizePypiName(name: string): string {
   return name.replace(/[-_.]+/g, "-").toLowerCase();
 }
 
-function splitUrl(url: string): { host: string; path: string } | undefined {
+/**
+ * Lower-cased host (no port, userinfo or trailing dot) and raw path of an http(s) URL; undefined for
+ * other URLs and IPv6 literals (never a registry or GitHub name). Also used by token tagging.
+ */
+export function splitUrl(url: string): { host: string; path: string } | undefined {
   const match = /^(https?):\/\/([^/?#]*)([^?#]*)/i.exec(url);
   if (match === null) return undefined;
   let authority = match[2];
@@ -64,8 +68,30 @@ function splitUrl(url: string): { host: string; path: string } | undefined {
   const colon = authority.indexOf(":");
   let host = (colon >= 0 ? authority.slice(0, colon) : authority).toLowerCase();
   if (host.endsWith(".")) host = host.slice(0, -1);
-  const path = match[3].replace(/%2f/gi, "/");
-  return { host, path };
+  return { host, path: match[3] };
+}
+
+/** Characters whose percent-escape a server decodes to the same request (plus `/` per extras.md). */
+const EQUIVALENT_ESCAPE = /^[A-Za-z0-9\-._~@/]$/;
+
+/**
+ * The path's segments as a registry resolves them, so that spelling a download differently does not
+ * take it past the check: escapes of unreserved characters, `@` and `/` decoded (once), empty and
+ * `.` segments dropped, `..` applied. This recognises more URLs than the table's literal shapes,
+ * never fewer; a spelling the registry does not serve costs one needless lookup at most.
+ */
+function canonicalSegments(path: string): string[] {
+  const decoded = path.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => {
+    const char = String.fromCharCode(parseInt(hex, 16));
+    return EQUIVALENT_ESCAPE.test(char) ? char : escape;
+  });
+  const segments: string[] = [];
+  for (const segment of decoded.split("/")) {
+    if (segment === "" || segment === ".") continue;
+    if (segment === "..") segments.pop();
+    else segments.push(segment);
+  }
+  return segments;
 }
 
 function make(ecosystem: Ecosystem, name: string, version: string): PackageRef | undefined {
@@ -77,8 +103,7 @@ function make(ecosystem: Ecosystem, name: string, version: string): PackageRef |
 function npmPackage(segments: string[]): PackageRef | undefined {
   let scope: string | undefined;
   let rest = segments;
-  // A scope written `%40scope` is the same request to the registry as `@scope`.
-  const first = segments[0]?.replace(/^%40/i, "@");
+  const first = segments[0];
   if (first !== undefined && first.startsWith("@")) {
     scope = first.slice(1);
     if (!NPM_NAME.test(scope)) return undefined;

@@ -50,14 +50,16 @@ const MAX_FIRST_LINE_BYTES = 1 << 20;
 export function packageCheckBaseUrl(flag?: string, env?: string): string {
   const chosen = flag ?? (env !== undefined && env !== "" ? env : undefined);
   if (chosen === undefined) return DEFAULT_PACKAGE_CHECK_URL;
+  // Name where the value came from: a bad environment variable is hard to spot otherwise.
+  const source = flag !== undefined ? "--package-check-url" : PACKAGE_CHECK_ENV;
   let parsed: URL;
   try {
     parsed = new URL(chosen);
   } catch {
-    throw new Error(`Cannot use package check URL ${JSON.stringify(chosen)}: not a URL`);
+    throw new Error(`Cannot use ${source} ${JSON.stringify(chosen)}: not a URL`);
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
-    throw new Error(`Cannot use package check URL ${JSON.stringify(chosen)}: scheme must be http or https`);
+    throw new Error(`Cannot use ${source} ${JSON.stringify(chosen)}: scheme must be http or https`);
   }
   return chosen.replace(/\/+$/, "");
 }
@@ -138,13 +140,12 @@ export class PackageChecker {
       );
       result = { verdict: "unknown" };
     }
+    // Both maps are bounded: while the service is down, every distinct URL a job (or an attacker
+    // inventing versions) fetches would otherwise add an "unknown" for the daemon's whole life.
+    const cache = result.verdict === "unknown" ? this.#unknownUntil : this.#verdicts;
     if (result.verdict === "unknown") this.#unknownUntil.set(purl, this.#now() + this.#unknownTtlMs);
-    else {
-      this.#verdicts.set(purl, result);
-      while (this.#verdicts.size > this.#cacheSize) {
-        this.#verdicts.delete(this.#verdicts.keys().next().value as string);
-      }
-    }
+    else this.#verdicts.set(purl, result);
+    while (cache.size > this.#cacheSize) cache.delete(cache.keys().next().value as string);
     return result;
   }
 

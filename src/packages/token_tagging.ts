@@ -4,6 +4,8 @@
 // Only the configured tokens are kept (as bytes, for the comparison); header values are compared
 // and dropped, never stored or returned.
 
+import { splitUrl } from "./purl.ts";
+
 export type TokenTaggerOptions = {
   /** The configured GitHub token (`EGRESS_GITHUB_TOKEN`). */
   githubToken?: string;
@@ -34,7 +36,7 @@ export function createTokenTagger(options: TokenTaggerOptions): TokenTagger {
   if (githubToken === undefined && idToken === undefined) return () => false;
 
   return (url: string, headers: RequestHeaders): boolean => {
-    const onApi = githubToken !== undefined && GITHUB_API_HOSTS.has(urlHost(url) ?? "");
+    const onApi = githubToken !== undefined && GITHUB_API_HOSTS.has(splitUrl(url)?.host ?? "");
     const onIdUrl = idToken !== undefined && url.startsWith(idUrl!);
     if (!onApi && !onIdUrl) return false;
     for (const value of authorizationValues(headers)) {
@@ -63,19 +65,6 @@ export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
 
 function nonEmpty(value: string | undefined): value is string {
   return value !== undefined && value !== "";
-}
-
-/** Lower-cased host of an http(s) URL without port, userinfo or trailing dot. */
-function urlHost(url: string): string | undefined {
-  const match = /^https?:\/\/([^/?#]*)/i.exec(url);
-  if (match === null) return undefined;
-  let authority = match[1];
-  const at = authority.lastIndexOf("@");
-  if (at >= 0) authority = authority.slice(at + 1);
-  const colon = authority.indexOf(":");
-  let host = (colon >= 0 ? authority.slice(0, colon) : authority).toLowerCase();
-  if (host.endsWith(".")) host = host.slice(0, -1);
-  return host;
 }
 
 function authorizationValues(headers: RequestHeaders): string[] {

@@ -1,5 +1,5 @@
 // Connection decisions (policy.md §10.7, §12 audit mode, §13). Pure.
-import type { ConnectionEvent, Decision, Rule } from "./types.ts";
+import type { ConnectionEvent, Decision } from "./types.ts";
 import type { Policy } from "./policy.ts";
 import { DnsCache } from "./dns_cache.ts";
 import {
@@ -105,7 +105,9 @@ export class Enforcer {
         if (typeof event.name === "string" && event.name !== "") {
           return this.#dualCheck(compiled, prepared, event.name);
         }
-        return this.#generic(compiled, prepared, false);
+        // Without a name only udp ip/cidr rules can match (§10.6): a `host` field must not let a
+        // hostname rule with /udp allow the flow.
+        return this.#generic(compiled, withHostname(prepared, undefined), false);
       case "udp":
         return this.#generic(compiled, withHostname(prepared, undefined), false);
       case "tcp":

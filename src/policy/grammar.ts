@@ -788,6 +788,9 @@ function diagnoseOrder(words: Word[], web: boolean, quoted: boolean): SyntaxIssu
 }
 
 const IPV6 = /^\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?(\/[0-9]+)?$/;
+// The longest IPv6 literal with brackets, port text and a prefix stays well below this; longer words
+// skip the regex, whose backtracking is quadratic on long runs of ":".
+const IPV6_MAX_LENGTH = 64;
 
 /** Diagnoses the first word of a rule: a URL, a path, or a network target with ports. */
 function diagnoseTarget(text: string, index: number): SyntaxIssue | undefined {
@@ -812,7 +815,10 @@ function diagnoseTarget(text: string, index: number): SyntaxIssue | undefined {
       return { index: offset, message: "a dns: rule needs a hostname, not an IP address" };
     }
   }
-  if (IPV6.test(host.replace(/\/(tcp|udp)$/, "")) && (host.match(/:/g) ?? []).length >= 2) {
+  if (
+    host.length <= IPV6_MAX_LENGTH && IPV6.test(host.replace(/\/(tcp|udp)$/, "")) &&
+    (host.match(/:/g) ?? []).length >= 2
+  ) {
     return { index: offset, message: "IPv6 literals are not supported" };
   }
   const slash = host.search(/[:/]/);

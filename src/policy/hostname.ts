@@ -29,12 +29,23 @@ export function compileHostPattern(pattern: string): HostPattern {
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
 
-/** `hostname` must already be normalised (see `normalizeHostname`). */
-export function compiledHostMatches(compiled: HostPattern, hostname: string): boolean {
+// Labels of real (lower-cased) names: LDH plus "_", which service names such as _dmarc use.
+const HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
+
+// The same with "*": a wildcard pattern treated as a name, for the cross-rule overlap checks only.
+const PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+
+/**
+ * `hostname` must already be normalised (see `normalizeHostname`). `asPattern` lets `hostname` be
+ * a wildcard pattern itself (validation's overlap checks); events never pass it.
+ */
+export function compiledHostMatches(compiled: HostPattern, hostname: string, asPattern = false): boolean {
   if (compiled.form === "exact") return compiled.name === hostname;
   const labels = hostname.split(".");
-  // A name with an empty label is malformed; wildcards never vouch for it.
-  if (labels.some((label) => label === "")) return false;
+  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
+  // A name with an empty label or a character no hostname has (`:`, `@`, `/`, `%`, NUL, …) is
+  // malformed: wildcards never vouch for it (`*.x.com` must not match `evil.com:80@a.x.com`).
+  if (labels.some((label) => !valid.test(label))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -50,12 +61,12 @@ const compiledCache = new Map<string, HostPattern>();
  * Whether a `host` / `wildcard_host` rule target matches a hostname, case-insensitively, with one
  * trailing dot of the hostname ignored (§10.3).
  */
-export function hostPatternMatches(pattern: string, hostname: string): boolean {
+export function hostPatternMatches(pattern: string, hostname: string, asPattern = false): boolean {
   let compiled = compiledCache.get(pattern);
   if (!compiled) {
     if (compiledCache.size >= 4096) compiledCache.clear();
     compiled = compileHostPattern(pattern);
     compiledCache.set(pattern, compiled);
   }
-  return compiledHostMatches(compiled, normalizeHostname(hostname));
+  return compiledHostMatches(compiled, normalizeHostname(hostname), asPattern);
 }

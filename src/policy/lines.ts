@@ -1,23 +1,29 @@
 // Line splitting for policy text (policy.md §1). Pure: no Deno, no node:.
 
-/** One source line: its 1-based number and its text without the terminator. */
-export type SourceLine = { number: number; text: string };
+/**
+ * One source line: its 1-based number, its text without the terminator, and the UTF-16 offset
+ * of its first character in the whole text (the CLI maps policy lines back into YAML files).
+ */
+export type SourceLine = { number: number; text: string; offset: number };
 
 // Every terminator of §1. "\r\n" comes first so that it counts as one break, not two.
 // deno-lint-ignore no-control-regex
-const LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
+const LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/g;
 
 /**
  * Splits policy text into lines. A leading BOM is dropped and a final terminator does not open a
  * new (empty) line, so "a\n" is one line and "" is none.
  */
 export function splitLines(text: string): SourceLine[] {
-  const body = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
-  if (body === "") return [];
-  const parts = body.split(new RegExp(LINE_BREAK.source, "g"));
-  // A final terminator leaves one empty part behind; it is not a line of its own.
-  if (parts.length > 1 && parts[parts.length - 1] === "") parts.pop();
-  return parts.map((part, i) => ({ number: i + 1, text: part }));
+  const lines: SourceLine[] = [];
+  let start = text.charCodeAt(0) === 0xfeff ? 1 : 0;
+  LINE_BREAK.lastIndex = start;
+  for (let m = LINE_BREAK.exec(text); m !== null; m = LINE_BREAK.exec(text)) {
+    lines.push({ number: lines.length + 1, text: text.slice(start, m.index), offset: start });
+    start = m.index + m[0].length;
+  }
+  if (start < text.length) lines.push({ number: lines.length + 1, text: text.slice(start), offset: start });
+  return lines;
 }
 
 /**

@@ -53,7 +53,9 @@ export function parseEventUrl(url: string): ParsedUrl | undefined {
   const scheme = url.slice(0, schemeEnd).toLowerCase();
   const rest = url.slice(schemeEnd + 3);
   let authorityEnd = rest.length;
-  for (const separator of ["/", "?", "#"]) {
+  // "\" ends the authority too, as WHATWG URL parsing has it for http(s): `https://a.com\@b.com/`
+  // is a request to a.com, never to b.com.
+  for (const separator of ["/", "?", "#", "\\"]) {
     const at = rest.indexOf(separator);
     if (at >= 0 && at < authorityEnd) authorityEnd = at;
   }

@@ -45,10 +45,23 @@ const ATTR_KEY = /^(arg|exe|cgroup|step|action|image|arg\[[0-9]+\])$/;
 const isRecord = (v: unknown): v is Record<string, unknown> =>
   typeof v === "object" && v !== null && !Array.isArray(v);
 
+function rejectUnknownKeys(value: Record<string, unknown>, known: string[], what: string): void {
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) {
+      throw new TypeError(
+        `Cannot parse policy: ${what} has an unknown key "${key}" (known: ${known.join(", ")})`,
+      );
+    }
+  }
+}
+
 /** Checks `options` (programming errors throw TypeError) and returns the defaults they give. */
 export function resolveDefaults(options: PolicyOptions | undefined, runnerCgroup: string): ResolvedDefaults {
   if (options === undefined) options = {};
   if (!isRecord(options)) throw new TypeError("Cannot parse policy: options must be an object");
+  // A misspelt key must not pass silently: `{runer: true}` would drop the runner cgroup and let user
+  // rules match every process.
+  rejectUnknownKeys(options, ["defaults", "repository", "runner"], "options");
   const { defaults, repository, runner } = options as Record<string, unknown>;
   if (repository !== undefined && typeof repository !== "string") {
     throw new TypeError("Cannot parse policy: options.repository must be a string");
@@ -60,6 +73,7 @@ export function resolveDefaults(options: PolicyOptions | undefined, runnerCgroup
     throw new TypeError("Cannot parse policy: options.defaults must be an object");
   }
   const d = (defaults ?? {}) as Record<string, unknown>;
+  rejectUnknownKeys(d, ["port", "protocol", "methods", "attrs"], "options.defaults");
   const resolved: ResolvedDefaults = {
     port: [443],
     protocol: "tcp",
@@ -421,7 +435,8 @@ function buildRule(
 
 /** Whether host patterns `a` and `b` (exact names or wildcard patterns) overlap, in either direction. */
 function hostsOverlap(a: string, b: string): boolean {
-  return hostPatternMatches(a, normalizeHostname(b)) || hostPatternMatches(b, normalizeHostname(a));
+  return hostPatternMatches(a, normalizeHostname(b), true) ||
+    hostPatternMatches(b, normalizeHostname(a), true);
 }
 
 /** Label suffixes of a lower-cased name, longest first: "a.b.c" → a.b.c, b.c, c. */

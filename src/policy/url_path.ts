@@ -30,11 +30,21 @@ export function requestPathOf(rawPath: string): string {
   return path === "" ? "/" : path;
 }
 
-/** A `.` or `..` segment, also written with `%2e` in any case: servers would resolve it elsewhere. */
+// Separators some servers split on besides "/": "\" (WHATWG URL parsing, IIS) and the encoded
+// "/" and "\" (servers that decode before resolving).
+const LENIENT_SEPARATOR = /\/|\\|%2f|%5c/i;
+
+/**
+ * A `.` or `..` segment, also written with `%2e` in any case: servers would resolve it elsewhere.
+ * Stricter than §10.4 on purpose (it only denies more): segments are also split at `\`, `%2f`
+ * and `%5c`, and a `;parameter` is ignored (`..;` is `..` to Tomcat and others).
+ */
 export function hasDotSegment(path: string): boolean {
-  for (const segment of path.split("/")) {
-    if (segment.length === 0 || segment.length > 6) continue;
-    const decoded = segment.replace(/%2e/gi, ".");
+  for (const segment of path.split(LENIENT_SEPARATOR)) {
+    const semicolon = segment.indexOf(";");
+    const name = semicolon < 0 ? segment : segment.slice(0, semicolon);
+    if (name.length === 0 || name.length > 6) continue;
+    const decoded = name.replace(/%2e/gi, ".");
     if (decoded === "." || decoded === "..") return true;
   }
   return false;

@@ -6,6 +6,7 @@ import type { Enforcer, Policy } from "../policy/mod.ts";
 import type { ConnectionEvent, Decision } from "../policy/types.ts";
 import { ruleSourceText } from "../policy/policy.ts";
 import type { ConnectionLogEvent } from "../log/connection_log.ts";
+import type { PackageVerdict } from "../packages/reputation.ts";
 
 export type ProcessDetails = {
   pid: number;
@@ -65,6 +66,14 @@ export const DEFAULT_TIMEOUTS: ProxyTimeouts = {
 
 export type ProxyCounters = { allowed: number; denied: number; errors: number };
 
+/** Per-request checks beyond the policy (extras.md), injected by the daemon; absent = off. */
+export type RequestHooks = {
+  /** §1: verdict on a forwarded request's URL (src/packages/reputation.ts PackageChecker fits). */
+  packageCheck?: { checkRequest(url: string): Promise<PackageVerdict> };
+  /** §2: whether the request carries the job's or the OIDC token (src/packages/token_tagging.ts). */
+  tagToken?: (url: string, headers: ReadonlyArray<readonly [string, string]>) => boolean;
+};
+
 /** Decision plus the policy it came from (for the `rule` text). */
 export type Judgement = { decision: Decision; policy?: Policy };
 
@@ -74,6 +83,7 @@ export class ConnectionContext {
   readonly info: ResolvedConnection;
   readonly audit: boolean;
   readonly timeouts: ProxyTimeouts;
+  readonly hooks: RequestHooks;
   readonly #getEnforcer: () => EnforcerSnapshot;
   readonly #log: ConnectionLogSink;
   readonly ops: OperationalLogSink;
@@ -83,6 +93,7 @@ export class ConnectionContext {
     info: ResolvedConnection;
     audit: boolean;
     timeouts: ProxyTimeouts;
+    hooks?: RequestHooks;
     getEnforcer: () => EnforcerSnapshot;
     log: ConnectionLogSink;
     ops: OperationalLogSink;
@@ -91,6 +102,7 @@ export class ConnectionContext {
     this.info = options.info;
     this.audit = options.audit;
     this.timeouts = options.timeouts;
+    this.hooks = options.hooks ?? {};
     this.#getEnforcer = options.getEnforcer;
     this.#log = options.log;
     this.ops = options.ops;

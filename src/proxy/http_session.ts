@@ -12,6 +12,8 @@ import {
   type ResponseHead,
 } from "../proto/http1.ts";
 import { buildLogUrl } from "../proto/url_scrub.ts";
+import { type PackageVerdict, packageVerdictEffect } from "../packages/reputation.ts";
+import type { ConnectionLogEvent } from "../log/connection_log.ts";
 import type { ConnectionContext, Judgement } from "./context.ts";
 import { relayBothWays } from "./relay.ts";
 import { BufferedReader, type ByteStream, concatBytes, ReadTimeout } from "./streams.ts";
@@ -225,17 +227,30 @@ export class HttpSession {
     const authority = this.#authority(head);
     const path = head.target.form === "origin" || head.target.form === "absolute" ? head.target.path : "/";
     const url = buildLogUrl(scheme, authority, path);
-    const judgement = this.#judge(head, url, authority);
-    const logBase = {
+    let judgement = this.#judge(head, url, authority);
+    let logBase: ConnectionLogEvent = {
       type: scheme,
       url,
       method: head.method,
       ...(this.#o.insecure ? { insecure: true } : {}),
-    } as const;
+      ...(this.#carriesToken(head, scheme, authority, path) ? { github_token: true } : {}),
+    };
 
     if (!judgement.decision.allowed) {
       ctx.logLine(logBase, judgement);
       return await this.#deny(head);
+    }
+    // extras.md §1: only forwarded requests are checked; a flagged one is a deny of its own.
+    const effect = packageVerdictEffect(await this.#checkPackage(url), { audit: ctx.audit });
+    if ("logFields" in effect) {
+      const { policy, reason, ...flagged } = effect.logFields;
+      judgement = { ...judgement, decision: { ...judgement.decision, policy, reason } };
+      logBase = { ...logBase, ...flagged };
+      if (effect.warning) ctx.ops.warn(`proxy: ${effect.warning}`);
+      if (effect.response) {
+        ctx.logLine(logBase, judgement);
+        return await this.#deny(head, effect.response.body);
+      }
     }
 
     let upstream: Upstream;
@@ -302,6 +317,33 @@ export class HttpSession {
     return ctx.judge({ type: "https", host: sni, url, method: head.method });
   }
 
+  /** The package check's verdict; a failing hook fails open like the service would (extras.md). */
+  async #checkPackage(url: string): Promise<PackageVerdict> {
+    const check = this.#ctx.hooks.packageCheck;
+    if (!check) return { verdict: "not_a_package" };
+    try {
+      return await check.checkRequest(url);
+    } catch (error) {
+      const detail = error instanceof Error ? error.message : String(error);
+      this.#ctx.ops.warn(`Cannot check package of ${url}: ${detail}; allowed (fail open)`);
+      return { verdict: "unknown" };
+    }
+  }
+
+  /** extras.md §2 on the unscrubbed URL (the OIDC URL carries a query); header values stay here. */
+  #carriesToken(head: RequestHead, scheme: string, authority: string, path: string): boolean {
+    const tag = this.#ctx.hooks.tagToken;
+    if (!tag) return false;
+    try {
+      const headers = head.headers.map((h) => [h.key, h.value] as const);
+      return tag(`${scheme}://${authority.toLowerCase()}${path}`, headers);
+    } catch (error) {
+      const detail = error instanceof Error ? error.message : String(error);
+      this.#ctx.ops.error(`Cannot tag the token of a request: ${detail}`);
+      return false;
+    }
+  }
+
   async #upstreamFor(authority: string): Promise<Upstream> {
     const key = authority.toLowerCase();
     const current = this.#upstream;
@@ -313,15 +355,15 @@ export class HttpSession {
     return upstream;
   }
 
-  /** 403, then the body is discarded (≤ 1 MiB) so the connection stays usable. */
-  async #deny(head: RequestHead): Promise<Exchange> {
+  /** 403 with `text`, then the body is discarded (≤ 1 MiB) so the connection stays usable. */
+  async #deny(head: RequestHead, text = BLOCKED_TEXT): Promise<Exchange> {
     const body = head.body;
     const tooLarge = body.kind === "length" && body.length > DENIED_BODY_LIMIT;
     // A client waiting for 100-continue may or may not send its body now: do not guess.
     const ambiguous = head.expectContinue && body.kind !== "none";
     const close = !head.keepAlive || tooLarge || ambiguous;
     await this.#client.stream.write(
-      simpleResponse(403, "Forbidden", BLOCKED_TEXT, { close, head: head.method === "HEAD" }),
+      simpleResponse(403, "Forbidden", text, { close, head: head.method === "HEAD" }),
     );
     if (close) {
       await this.#client.stream.closeWrite();

@@ -16,6 +16,7 @@ import {
   type OperationalLogSink,
   type ProxyCounters,
   type ProxyTimeouts,
+  type RequestHooks,
   type ResolvedConnection,
 } from "./context.ts";
 import { HttpSession } from "./http_session.ts";
@@ -29,7 +30,13 @@ import {
   withTimeout,
 } from "./tls.ts";
 
-export type { EnforcerSnapshot, ProxyCounters, ProxyTimeouts, ResolvedConnection } from "./context.ts";
+export type {
+  EnforcerSnapshot,
+  ProxyCounters,
+  ProxyTimeouts,
+  RequestHooks,
+  ResolvedConnection,
+} from "./context.ts";
 
 /** Mints the leaf for a host name or an IP literal (src/proxy/certificates.ts fits). */
 export type LeafSource = { leafFor(name: string): Promise<{ certPem: string; keyPem: string }> };
@@ -62,6 +69,8 @@ export type ProxyOptions = {
   dnsOverTcp?: DnsOverTcpHandler;
   /** connections handled at once; beyond this new ones are closed at accept (memory bound) */
   maxConnections?: number;
+  /** package check and token tagging of HTTP requests (extras.md); src/packages/request_hooks.ts */
+  requestHooks?: RequestHooks;
 };
 
 export type ProxyHandle = {
@@ -235,6 +244,7 @@ class Proxy {
       info,
       audit: this.#o.audit === true,
       timeouts: this.#timeouts,
+      hooks: this.#o.requestHooks,
       getEnforcer: () => this.#o.getEnforcer(),
       log: this.#o.connectionLog,
       ops: this.#o.operationalLog,

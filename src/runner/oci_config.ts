@@ -156,9 +156,14 @@ export function editConfig(original: unknown, edit: ConfigEdit): EditResult {
   }
   const config = structuredClone(original) as OciConfig;
   const mounts = Array.isArray(config.mounts) ? config.mounts : [];
-  const wanted = [readOnlyBind(edit.caTarget, edit.caSource), ...edit.bundles.map((b) => readOnlyBind(b.destination, b.source))];
+  const wanted = [
+    readOnlyBind(edit.caTarget, edit.caSource),
+    ...edit.bundles.map((b) => readOnlyBind(b.destination, b.source)),
+  ];
   for (const mount of wanted) {
-    if (!mounts.some((m) => m.destination === mount.destination && m.source === mount.source)) mounts.push(mount);
+    if (!mounts.some((m) => m.destination === mount.destination && m.source === mount.source)) {
+      mounts.push(mount);
+    }
   }
   config.mounts = mounts;
   config.process = config.process && typeof config.process === "object" ? config.process : {};

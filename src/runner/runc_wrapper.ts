@@ -33,7 +33,9 @@ export function wrapperScript(paths: SystemPaths, options: WrapperOptions): stri
     "#!/bin/sh",
     WRAPPER_MARKER,
     'case " $* " in',
-    `  *" create "*|*" run "*) ${env} ${shellQuote(options.node)} ${shellQuote(paths.runcWrapperScript)} "$@" </dev/null || true ;;`,
+    `  *" create "*|*" run "*) ${env} ${shellQuote(options.node)} ${
+      shellQuote(paths.runcWrapperScript)
+    } "$@" </dev/null || true ;;`,
     "esac",
     `exec ${shellQuote(paths.runcReal)} "$@"`,
     "",
@@ -85,12 +87,18 @@ export type InstallOutcome = { installed: boolean; message: string };
  * runc → runc.real, wrapper → runc (0755). A wrapper left by a killed run is refreshed in place;
  * anything else already at runc.real means the system is not as expected: skip (warning).
  */
-export async function installRuncWrapper(paths: SystemPaths, options: WrapperOptions): Promise<InstallOutcome> {
+export async function installRuncWrapper(
+  paths: SystemPaths,
+  options: WrapperOptions,
+): Promise<InstallOutcome> {
   const dir = paths.runcWrapperScript.slice(0, paths.runcWrapperScript.lastIndexOf("/"));
   const leftover = await isOurWrapper(paths.runc) && await isExecutableFile(paths.runcReal);
   if (!leftover) {
     if (!(await isExecutableFile(paths.runc))) {
-      return { installed: false, message: `runc wrapper not installed: ${paths.runc} is not an executable file` };
+      return {
+        installed: false,
+        message: `runc wrapper not installed: ${paths.runc} is not an executable file`,
+      };
     }
     if (await exists(paths.runcReal)) {
       return { installed: false, message: `runc wrapper not installed: ${paths.runcReal} already exists` };

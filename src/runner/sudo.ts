@@ -53,7 +53,10 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** Copies the sudoers file to the state dir once (0600); later calls keep the first copy. */
-export async function backUpSudoers(paths: SystemPaths, stateDir: string): Promise<"backed-up" | "kept" | "missing"> {
+export async function backUpSudoers(
+  paths: SystemPaths,
+  stateDir: string,
+): Promise<"backed-up" | "kept" | "missing"> {
   const backup = `${stateDir}/${SUDOERS_BACKUP}`;
   if (await exists(backup) || await exists(`${stateDir}/${MISSING_MARKER}`)) return "kept";
   if (!(await exists(paths.sudoersRunner))) {
@@ -77,7 +80,11 @@ export function grantedCommands(listing: string): string[] {
 }
 
 /** disable-sudo: back up once, truncate; warn if sudo still lists commands for runner. */
-export async function disableSudo(paths: SystemPaths, stateDir: string, tools: SudoTools): Promise<SudoResult> {
+export async function disableSudo(
+  paths: SystemPaths,
+  stateDir: string,
+  tools: SudoTools,
+): Promise<SudoResult> {
   const warnings: string[] = [];
   const backup = await backUpSudoers(paths, stateDir);
   let message = "sudo disabled";
@@ -105,7 +112,9 @@ async function writeCheckedSudoers(paths: SystemPaths, content: string, tools: S
   try {
     await Deno.chmod(temporary, 0o440);
     const complaint = await tools.checkSudoers(temporary);
-    if (complaint !== undefined) throw new Error(`Cannot update ${paths.sudoersRunner}: visudo: ${complaint}`);
+    if (complaint !== undefined) {
+      throw new Error(`Cannot update ${paths.sudoersRunner}: visudo: ${complaint}`);
+    }
     await Deno.rename(temporary, paths.sudoersRunner);
   } finally {
     await Deno.remove(temporary).catch(() => {});
@@ -113,7 +122,11 @@ async function writeCheckedSudoers(paths: SystemPaths, content: string, tools: S
 }
 
 /** allow-sudo: back up, then append the logfile directive (checked with visudo -cf). */
-export async function enableSudoLogging(paths: SystemPaths, stateDir: string, tools: SudoTools): Promise<SudoResult> {
+export async function enableSudoLogging(
+  paths: SystemPaths,
+  stateDir: string,
+  tools: SudoTools,
+): Promise<SudoResult> {
   const backup = await backUpSudoers(paths, stateDir);
   if (backup === "missing") {
     return { message: "sudo logging not enabled", warnings: [`${paths.sudoersRunner} does not exist`] };
@@ -140,7 +153,8 @@ export async function enableSudo(
   if (!(await exists(backup))) throw new Error("Cannot enable sudo: sudo was never disabled (no backup)");
   const original = await Deno.readTextFile(backup);
   if (options.logging) {
-    const content = (original === "" || original.endsWith("\n") ? original : original + "\n") + loggingLine(stateDir) +
+    const content = (original === "" || original.endsWith("\n") ? original : original + "\n") +
+      loggingLine(stateDir) +
       "\n";
     await writeCheckedSudoers(paths, content, tools);
   } else {

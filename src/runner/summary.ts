@@ -64,9 +64,9 @@ function table(rows: Row[]): string[] {
   for (const row of rows.slice(0, MAX_ROWS)) {
     const cell = (text: string) => (text === "" ? "" : `\`${escapeCell(text)}\``);
     lines.push(
-      `| ${row.verdict === "deny" ? "❌ denied" : "✅ allowed"} | ${cell(row.destination)} | ${cell(row.process)} | ${
-        cell(row.action)
-      } | ${row.count} |`,
+      `| ${row.verdict === "deny" ? "❌ denied" : "✅ allowed"} | ${cell(row.destination)} | ${
+        cell(row.process)
+      } | ${cell(row.action)} | ${row.count} |`,
     );
   }
   if (rows.length > MAX_ROWS) lines.push("", `… ${rows.length - MAX_ROWS} more`);
@@ -86,7 +86,7 @@ export function renderJobSummary(events: readonly LogEvent[], options: SummaryOp
     "## egress",
     "",
     `Mode: **${options.mode}** · allowed: **${counts.allowed}** · denied: **${counts.denied}** · errors: **${counts.errors}**` +
-      (options.mode === "audit" ? " (audit mode: denied connections were let through)" : ""),
+    (options.mode === "audit" ? " (audit mode: denied connections were let through)" : ""),
     "",
   ];
   for (const note of options.notes ?? []) out.push(`> ${note}`, "");
@@ -111,7 +111,8 @@ export function renderJobSummary(events: readonly LogEvent[], options: SummaryOp
   }
   // Steps with denials first, then in log order.
   const ordered = [...steps.entries()].sort(([, a], [, b]) =>
-    Number([...b.values()].some((r) => r.verdict === "deny")) - Number([...a.values()].some((r) => r.verdict === "deny"))
+    Number([...b.values()].some((r) => r.verdict === "deny")) -
+    Number([...a.values()].some((r) => r.verdict === "deny"))
   );
   for (const [step, rowMap] of ordered) {
     const rows = [...rowMap.values()];
@@ -151,7 +152,11 @@ export function renderJobSummary(events: readonly LogEvent[], options: SummaryOp
 export type UploadSetting = "true" | "false" | "auto";
 
 /** runner.md §9: `auto` uploads in audit mode or when any line was denied or has an error. */
-export function shouldUploadLog(setting: UploadSetting, audit: boolean, events: readonly LogEvent[]): boolean {
+export function shouldUploadLog(
+  setting: UploadSetting,
+  audit: boolean,
+  events: readonly LogEvent[],
+): boolean {
   if (setting === "true") return true;
   if (setting === "false") return false;
   return audit || events.some((event) => event.policy === "deny" || event.error !== undefined);

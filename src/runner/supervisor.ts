@@ -49,7 +49,7 @@ export class RestartTracker {
 
 /** A running worker as the supervisor sees it. */
 export type WorkerHandle = {
-  /** resolves once its listeners are up (rejects or never resolves if it dies first) */
+  /** resolves once its listeners are up; rejects when it exits before that */
   ready: Promise<void>;
   /** resolves with the exit code */
   exited: Promise<number>;
@@ -100,13 +100,11 @@ export class Supervisor {
     this.#stopping = false;
     this.#set("starting");
     const worker = this.#spawn();
-    const first = await Promise.race([
-      worker.ready.then(() => "ready" as const),
-      worker.exited.then((code) => code),
-    ]);
+    const first = await worker.ready.then(() => "ready" as const, () => "exit" as const);
     if (first !== "ready") {
       this.#set("stopped");
-      throw new Error(`Cannot start the egress worker: it exited with code ${first} before it was ready`);
+      const code = await worker.exited;
+      throw new Error(`Cannot start the egress worker: it exited with code ${code} before it was ready`);
     }
     this.#tracker.ready();
     this.#set("running");
@@ -149,7 +147,7 @@ export class Supervisor {
       if (this.#stopping) return;
       this.#restarts++;
       worker = this.#spawn();
-      const outcome = await Promise.race([worker.ready.then(() => "ready" as const), worker.exited.then(() => "exit" as const)]);
+      const outcome = await worker.ready.then(() => "ready" as const, () => "exit" as const);
       if (this.#stopping) return;
       if (outcome === "ready") {
         this.#tracker.ready();
@@ -167,7 +165,9 @@ export class Supervisor {
     if (worker) {
       worker.kill();
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), this.options.stopGraceMs ?? 5000)));
+      const late = new Promise<"late">((
+        resolve,
+      ) => (timer = setTimeout(() => resolve("late"), this.options.stopGraceMs ?? 5000)));
       if (await Promise.race([worker.exited, late]) === "late") {
         worker.kill(true);
         await worker.exited;
@@ -192,16 +192,20 @@ export function spawnWorkerProcess(command: Deno.Command, readyFile: string): Wo
     done = true;
     return status.code;
   });
+  const isReady = () => {
+    try {
+      Deno.statSync(readyFile);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const ready = (async () => {
     while (!done) {
-      try {
-        Deno.statSync(readyFile);
-        return;
-      } catch {
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
+      if (isReady()) return;
+      await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    throw new Error("worker exited before it was ready");
+    if (!isReady()) throw new Error("worker exited before it was ready");
   })();
   ready.catch(() => {});
   return {

@@ -35,8 +35,20 @@ export type DnsProxyOptions = {
   upstreams: Upstream[];
   mark: number;
   timeoutMs?: number;
+  /** allowed queries forwarded at the same time; more ⇒ SERVFAIL at once (default 256) */
+  maxInFlight?: number;
   hooks: DnsProxyHooks;
 };
+
+/**
+ * Bounds on what the app can make the proxy hold: each forwarded query owns a socket and a poll
+ * thread for up to the timeout, each TCP client a socket. Without them a flood from the app (which
+ * shares the namespace) exhausts the sidecar's descriptors, and with them the policy API.
+ */
+export const DEFAULT_MAX_IN_FLIGHT = 256;
+export const MAX_TCP_CLIENTS = 128;
+/** A TCP client that sends no complete query for this long is closed (RFC 7766 suggests seconds). */
+export const TCP_IDLE_MS = 10_000;
 
 export type DnsCounters = { dns_queries: number; dns_denied: number };
 
@@ -92,6 +104,9 @@ export class SidecarDnsProxy {
   readonly counters: DnsCounters = { dns_queries: 0, dns_denied: 0 };
   readonly #options: DnsProxyOptions;
   readonly #timeoutMs: number;
+  readonly #maxInFlight: number;
+  #inFlight = 0;
+  #capWarnedAt = 0;
   #udp: dgram.Socket[] = [];
   #tcp: Deno.TcpListener[] = [];
   #conns = new Set<Deno.TcpConn>();
@@ -100,6 +115,7 @@ export class SidecarDnsProxy {
   constructor(options: DnsProxyOptions) {
     this.#options = options;
     this.#timeoutMs = options.timeoutMs ?? 5000;
+    this.#maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
   }
 
   /** Binds 127.0.0.1 (required) and ::1 (when the namespace has it), UDP and TCP. */
@@ -140,7 +156,13 @@ export class SidecarDnsProxy {
 
   async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
     try {
-      for await (const conn of listener) this.#serveTcp(conn);
+      for await (const conn of listener) {
+        if (this.#conns.size >= MAX_TCP_CLIENTS) {
+          conn.close();
+          continue;
+        }
+        this.#serveTcp(conn);
+      }
     } catch (error) {
       if (!this.#closed) this.#options.hooks.warn(`DNS proxy TCP accept failed: ${(error as Error).message}`);
     }
@@ -150,9 +172,12 @@ export class SidecarDnsProxy {
     this.#conns.add(conn);
     const deframer = new DnsTcpDeframer();
     const clientPort = (conn.remoteAddr as Deno.NetAddr).port;
+    let idle = setTimeout(() => conn.close(), TCP_IDLE_MS);
     try {
       for await (const chunk of conn.readable) {
         for (const message of deframer.push(chunk)) {
+          clearTimeout(idle);
+          idle = setTimeout(() => conn.close(), TCP_IDLE_MS);
           const reply = await this.handle(message, clientPort);
           if (reply === undefined) continue;
           const framed = frameDnsTcp(reply);
@@ -160,8 +185,9 @@ export class SidecarDnsProxy {
         }
       }
     } catch {
-      // client went away
+      // client went away (or closed for idling)
     } finally {
+      clearTimeout(idle);
       this.#conns.delete(conn);
       try {
         conn.close();
@@ -176,7 +202,7 @@ export class SidecarDnsProxy {
     const read = readDnsQuestions(query);
     if (read.kind !== "ok" || (read.flags & 0x8000) !== 0) return undefined; // not a query: ignore
     if (read.questions.length !== 1) return errorReply(query, RCODE_FORMERR);
-    const { hooks, upstreams, mark } = this.#options;
+    const { hooks, upstreams } = this.#options;
     const name = read.questions[0].name;
     this.counters.dns_queries++;
     const verdict = hooks.judge(name);
@@ -199,6 +225,30 @@ export class SidecarDnsProxy {
       return errorReply(query, RCODE_NXDOMAIN);
     }
 
+    if (this.#inFlight >= this.#maxInFlight) {
+      // one warning per burst, not one per refused query
+      if (Date.now() - this.#capWarnedAt > 10_000) {
+        this.#capWarnedAt = Date.now();
+        hooks.warn(`DNS proxy: ${this.#maxInFlight} queries in flight, answering SERVFAIL ("${name}")`);
+      }
+      return errorReply(query, RCODE_SERVFAIL);
+    }
+    this.#inFlight++;
+    try {
+      return await this.#forward(query, name, verdict, clientPort, ruleFields);
+    } finally {
+      this.#inFlight--;
+    }
+  }
+
+  async #forward(
+    query: Uint8Array,
+    name: string,
+    verdict: NameVerdict,
+    clientPort: number,
+    ruleFields: { rule?: string; line?: number },
+  ): Promise<Uint8Array | undefined> {
+    const { hooks, upstreams, mark } = this.#options;
     const deadline = Date.now() + this.#timeoutMs;
     const message = new Uint8Array(query);
     let reply: Uint8Array | undefined;

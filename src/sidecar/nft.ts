@@ -3,6 +3,7 @@
 // table; nothing outside it is read or written.
 
 import { type AddressRange, type Family, formatAddress, formatRange, mergeRanges } from "./address.ts";
+import { parseAddressTarget } from "./address.ts";
 import type { CompiledPolicy, KeyShape, SidecarAction, SidecarProtocol } from "./policy.ts";
 
 export const TABLE = "inet egress";
@@ -29,6 +30,12 @@ export type TableSpec = {
   /** false at level `dns`: only the DNS redirect chain */
   filter: boolean;
   mark: number;
+  /**
+   * The proxy's uid and upstreams: the mark exemption holds only for packets of that uid to an
+   * upstream's port (UDP), because CAP_NET_RAW alone is enough to set SO_MARK (Linux ≥ 5.17).
+   */
+  uid: number;
+  upstreams: readonly { address: string; port: number }[];
   dnsPort: number;
   defaultAction: SidecarAction;
   compiled: CompiledPolicy;
@@ -68,6 +75,16 @@ function matchExpression(family: Family, shape: KeyShape): string {
 
 function hex(mark: number): string {
   return `0x${mark.toString(16)}`;
+}
+
+/** `address . port` elements of the upstream set of one family. */
+export function upstreamElements(upstreams: TableSpec["upstreams"], family: Family): string[] {
+  const out = new Set<string>();
+  for (const upstream of upstreams) {
+    const range = parseAddressTarget(upstream.address);
+    if (range?.family === family) out.add(`${formatAddress(family, range.first)} . ${upstream.port}`);
+  }
+  return [...out];
 }
 
 /** Static elements of one (action, family, shape) set, with overlapping ranges merged per key. */
@@ -118,12 +135,13 @@ export function buildTableTransaction(spec: TableSpec): string {
   lines.push(spec.recreate ? `delete table ${TABLE}` : `flush table ${TABLE}`);
   if (spec.recreate) lines.push(`add table ${TABLE}`);
   const mark = hex(spec.mark);
+  const proxy = `meta mark ${mark} meta skuid ${spec.uid}`;
 
   // DNS redirect (§1.4): the proxy's own upstream queries carry the mark and pass unchanged.
   // Priority -110 runs before iptables' nat OUTPUT (-100), e.g. Docker's DNAT of 127.0.0.11:53,
   // which would otherwise move app queries off port 53 before this chain sees them.
   lines.push(`add chain ${TABLE} ${NAT_CHAIN} { type nat hook output priority -110; policy accept; }`);
-  lines.push(`add rule ${TABLE} ${NAT_CHAIN} meta mark ${mark} return`);
+  lines.push(`add rule ${TABLE} ${NAT_CHAIN} ${proxy} return`);
   lines.push(`add rule ${TABLE} ${NAT_CHAIN} udp dport 53 redirect to :${spec.dnsPort}`);
   lines.push(`add rule ${TABLE} ${NAT_CHAIN} tcp dport 53 redirect to :${spec.dnsPort}`);
   if (!spec.filter) return lines.join("\n") + "\n";
@@ -131,6 +149,7 @@ export function buildTableTransaction(spec: TableSpec): string {
   lines.push(`add counter ${TABLE} ${DROP_COUNTER}`);
   for (const family of FAMILIES) {
     lines.push(`add set ${TABLE} doh${family} { type ${setType(family, "addr")}; flags interval; }`);
+    lines.push(`add set ${TABLE} upstream${family} { type ${setType(family, "addr")} . inet_service; }`);
     for (const shape of SHAPES) {
       for (const kind of ["allow", "deny"] as const) {
         lines.push(
@@ -149,7 +168,7 @@ export function buildTableTransaction(spec: TableSpec): string {
   if (!spec.recreate) {
     // `flush table` empties chains only; set elements (static and dynamic) are flushed one by one.
     for (const family of FAMILIES) {
-      lines.push(`flush set ${TABLE} doh${family}`);
+      lines.push(`flush set ${TABLE} doh${family}`, `flush set ${TABLE} upstream${family}`);
       for (const shape of SHAPES) {
         for (const kind of ["allow", "deny", "dyn"] as const) {
           lines.push(`flush set ${TABLE} ${setName(kind, family, shape)}`);
@@ -168,7 +187,8 @@ export function buildTableTransaction(spec: TableSpec): string {
     `add rule ${chain} ip daddr 127.0.0.0/8 accept`,
     `add rule ${chain} ip6 daddr ::1 accept`,
     `add rule ${chain} ct state established,related accept`,
-    `add rule ${chain} meta mark ${mark} accept`,
+    `add rule ${chain} ${proxy} ip daddr . udp dport @upstream4 accept`,
+    `add rule ${chain} ${proxy} ip6 daddr . udp dport @upstream6 accept`,
     `add rule ${chain} icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept`,
     `add rule ${chain} meta l4proto { tcp, udp } th dport 853 ${drop}`,
     `add rule ${chain} meta l4proto { tcp, udp } th dport 443 ip daddr @doh4 ${drop}`,
@@ -193,6 +213,7 @@ export function buildTableTransaction(spec: TableSpec): string {
   lines.push(`add rule ${chain} ${spec.defaultAction === "allow" ? "accept" : drop}`);
 
   for (const family of FAMILIES) {
+    addElements(lines, `upstream${family}`, upstreamElements(spec.upstreams, family));
     addElements(
       lines,
       `doh${family}`,

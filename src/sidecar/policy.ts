@@ -339,7 +339,7 @@ export function judgeName(compiled: CompiledPolicy, queryName: string): NameVerd
   for (const entry of compiled.entries) {
     if (entry.pattern === undefined || !hostPatternMatches(entry.pattern, name)) continue;
     if (entry.entry.action === "deny") {
-      return { policy: "deny", entry, grants: [], reason: "name denied by rule" };
+      return { policy: "deny", entry, grants: [], reason: "rule matched" };
     }
     allowEntry ??= entry;
     if (entry.kind === "host" || entry.kind === "wildcard_host") grants.push(entry);

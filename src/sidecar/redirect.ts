@@ -47,7 +47,9 @@ export class IptablesRedirect {
     for (const binary of ["iptables", "ip6tables"]) {
       for (const protocol of ["udp", "tcp"] as const) {
         const [table, nat, chain, ...rest] = redirectRuleArgs(protocol, this.mark, this.dnsPort);
-        const result = await run(binary, [table, nat, "-A", chain, ...rest]);
+        // A rule left by a run that exited on an error (enforcement is kept then) is reused.
+        const present = await run(binary, [table, nat, "-C", chain, ...rest]);
+        const result = present.ok ? present : await run(binary, [table, nat, "-A", chain, ...rest]);
         if (!result.ok) {
           if (binary === "iptables") {
             await this.remove();
@@ -61,12 +63,13 @@ export class IptablesRedirect {
     }
   }
 
-  /** Deletes the rules this instance added. Idempotent. */
+  /** Deletes the rules this instance installed (and copies of them). Idempotent. */
   async remove(): Promise<void> {
     for (const binary of this.#installed) {
       for (const protocol of ["udp", "tcp"] as const) {
         const [table, nat, chain, ...rest] = redirectRuleArgs(protocol, this.mark, this.dnsPort);
-        await run(binary, [table, nat, "-D", chain, ...rest]);
+        // bounded: at most a few copies can exist
+        for (let i = 0; i < 8 && (await run(binary, [table, nat, "-D", chain, ...rest])).ok; i++);
       }
     }
     this.#installed = [];

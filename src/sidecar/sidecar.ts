@@ -15,6 +15,7 @@ import {
   Nft,
 } from "./nft.ts";
 import { type CompiledPolicy, compilePolicy, DENY_ALL, judgeName, type SidecarPolicy } from "./policy.ts";
+import { flushConntrack } from "./conntrack.ts";
 import { IptablesRedirect } from "./redirect.ts";
 import type { Upstream } from "./upstream.ts";
 
@@ -31,6 +32,12 @@ export type SidecarOptions = {
   log: ConnectionLog;
   ops: OperationalLog;
   dnsTimeoutMs?: number;
+  /** cap on dynamic set elements (default MAX_DYNAMIC_ELEMENTS) */
+  maxDynamicElements?: number;
+  /** cap on concurrently forwarded DNS queries (default in dns.ts) */
+  maxDnsInFlight?: number;
+  /** false: keep the namespace's conntrack table at startup (in-process tests in the root namespace) */
+  flushConntrack?: boolean;
 };
 
 export class SidecarError extends Error {
@@ -66,6 +73,12 @@ export function hostNetworkReason(
 const REFRESH_SLACK_MS = 10_000;
 /** An element this long past its expiry is gone from the kernel set: a plain `add` recreates it. */
 const EXPIRY_MARGIN_MS = 2_000;
+/**
+ * Upper bound of live dynamic set elements. Each allowed answer may add addresses for up to 360 s;
+ * a name under an allowed wildcard whose DNS the app controls could otherwise grow the kernel sets
+ * and this process's maps without limit. Beyond it, answers with new addresses get SERVFAIL.
+ */
+export const MAX_DYNAMIC_ELEMENTS = 65_536;
 
 type Tracked = { family: Family; value: bigint; text: string; expiresAt: number };
 
@@ -85,6 +98,8 @@ export class Sidecar {
   #tracked = new Map<string, Map<string, Tracked>>();
   /** dynamicKey → expiry (ms) of what the kernel's dynamic sets hold, as far as we put it there */
   #elements = new Map<string, number>();
+  /** #tracked/#elements sizes at which expired entries are swept next (amortised pruning) */
+  #sweepAt = 1024;
   #lock: Promise<unknown> = Promise.resolve();
 
   constructor(options: SidecarOptions) {
@@ -133,6 +148,7 @@ export class Sidecar {
       upstreams: this.#options.upstreams,
       mark: this.#options.mark,
       timeoutMs: this.#options.dnsTimeoutMs,
+      maxInFlight: this.#options.maxDnsInFlight,
       hooks: {
         judge: (name) => judgeName(this.#compiled, name),
         onAnswer: (name, _verdict, addresses, ttl) => this.#admit(name, addresses, ttl),
@@ -143,7 +159,7 @@ export class Sidecar {
     try {
       await this.#proxy.start();
     } catch (error) {
-      await this.stop();
+      await this.stop({ keepEnforcement: true });
       throw new SidecarError(
         `Cannot start the DNS proxy on 127.0.0.1:${this.#options.dnsPort}: ${(error as Error).message}`,
       );
@@ -154,10 +170,19 @@ export class Sidecar {
       try {
         await this.#iptables.install((message) => ops.warn(message));
       } catch (error) {
-        await this.stop();
+        await this.stop({ keepEnforcement: true });
         throw new SidecarError(
           `Cannot redirect DNS: neither nftables nor iptables works: ${(error as Error).message}`,
         );
+      }
+    }
+    // Flows older than the table would pass as established (and UDP/53 ones skip the redirect).
+    if (this.#options.flushConntrack !== false) {
+      try {
+        await flushConntrack();
+        ops.info("conntrack flushed: flows opened before the sidecar are judged again");
+      } catch (error) {
+        ops.warn(`${(error as Error).message}: flows opened before the sidecar keep running`);
       }
     }
     this.#enforcementInstalled = true;
@@ -171,8 +196,11 @@ export class Sidecar {
     );
   }
 
-  /** Replaces the policy: one nft transaction, then the in-memory swap. Nothing changes on failure. */
-  setPolicy(policy: SidecarPolicy): Promise<void> {
+  /**
+   * Replaces the policy: one nft transaction, then the in-memory swap. Nothing changes on failure.
+   * `countUpdate: false` for the policy loaded at startup (`policy_updates` counts changes).
+   */
+  setPolicy(policy: SidecarPolicy, { countUpdate = true } = {}): Promise<void> {
     return this.#locked(async () => {
       const compiled = compilePolicy(policy);
       if (this.#nftTable && this.level === "dns+nft") {
@@ -195,7 +223,7 @@ export class Sidecar {
         this.#elements = new Map(dynamic.map((e) => [dynamicKey(e), now + e.timeoutSeconds * 1000]));
       }
       this.#compiled = compiled;
-      this.policyUpdates++;
+      if (countUpdate) this.policyUpdates++;
       this.#options.ops.info(
         `policy loaded: ${compiled.counts.allow} allow, ${compiled.counts.deny} deny, default ${policy.defaultAction}`,
       );
@@ -224,6 +252,13 @@ export class Sidecar {
           else if (present < expiresAt - slack) refreshed.push(element);
         }
       }
+      const cap = this.#options.maxDynamicElements ?? MAX_DYNAMIC_ELEMENTS;
+      if (added.length > 0 && this.#elements.size + added.length > cap) {
+        this.#sweep(now);
+        if (this.#elements.size + added.length > cap) {
+          throw new Error(`the dynamic sets are full (${cap} entries)`);
+        }
+      }
       if (added.length > 0 || refreshed.length > 0) {
         await this.#nft.apply(buildDynamicUpdate(added, refreshed));
         for (const element of [...added, ...refreshed]) this.#elements.set(dynamicKey(element), expiresAt);
@@ -234,16 +269,29 @@ export class Sidecar {
         known.set(key, { ...a, expiresAt: Math.max(known.get(key)?.expiresAt ?? 0, expiresAt - slack) });
       }
       this.#tracked.set(name, known);
-      this.#pruneElements(now);
+      if (Math.max(this.#tracked.size, this.#elements.size) >= this.#sweepAt) this.#sweep(now);
     });
   }
 
-  /** Forgets elements the kernel has certainly expired (bounded memory). */
-  #pruneElements(now: number): void {
-    if (this.#elements.size < 1024) return;
+  /**
+   * Forgets elements the kernel has certainly expired and names without live addresses (bounded
+   * memory: without it every name ever answered stays until the next policy change). The next
+   * sweep waits until the maps have doubled, so the cost per answer stays constant.
+   */
+  #sweep(now: number): void {
     for (const [key, expiresAt] of this.#elements) {
       if (expiresAt < now - EXPIRY_MARGIN_MS) this.#elements.delete(key);
     }
+    for (const [name, addresses] of this.#tracked) {
+      for (const [key, t] of addresses) if (t.expiresAt <= now) addresses.delete(key);
+      if (addresses.size === 0) this.#tracked.delete(name);
+    }
+    this.#sweepAt = Math.max(1024, 2 * Math.max(this.#tracked.size, this.#elements.size));
+  }
+
+  /** Names with tracked dynamic addresses (for tests of the bounds). */
+  get trackedNames(): number {
+    return this.#tracked.size;
   }
 
   #transaction(
@@ -256,6 +304,8 @@ export class Sidecar {
     return buildTableTransaction({
       filter,
       mark: this.#options.mark,
+      uid: Deno.uid() ?? 0,
+      upstreams: this.#options.upstreams,
       dnsPort: this.#options.dnsPort,
       defaultAction: policy.defaultAction,
       compiled,
@@ -300,11 +350,28 @@ export class Sidecar {
     };
   }
 
-  /** Removes the table and redirect rules, closes the proxy. Idempotent. */
-  async stop(): Promise<void> {
+  /**
+   * Closes the proxy and removes the table and redirect rules. Idempotent. `keepEnforcement` (exit
+   * on an error) leaves them in place: the namespace stays closed rather than open until the next
+   * start replaces them. Removing them there would let an app that holds the API or DNS port (both
+   * unprivileged ports) open its own egress by making every restart fail.
+   */
+  async stop({ keepEnforcement = false } = {}): Promise<void> {
     const { ops } = this.#options;
     this.#enforcementInstalled = false;
     this.#proxy?.close();
+    if (keepEnforcement) {
+      if (this.#nftTable || this.#iptables) {
+        ops.warn(
+          `enforcement left in place after the error (${
+            this.#nftTable ? "nftables table inet egress" : "iptables DNS redirect"
+          }); the next start replaces it`,
+        );
+      }
+      this.#nftTable = false;
+      this.#iptables = undefined;
+      return;
+    }
     if (this.#nftTable) {
       this.#nftTable = false;
       try {

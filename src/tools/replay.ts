@@ -6,6 +6,7 @@
 
 import { RUNNER_CGROUP } from "../policy/builtins.ts";
 import { DnsCache, Enforcer } from "../policy/mod.ts";
+import { parseEventUrl } from "../policy/matcher.ts";
 import type { Policy } from "../policy/policy.ts";
 import type { ConnectionEvent, Decision, PolicyOptions } from "../policy/types.ts";
 
@@ -129,6 +130,10 @@ function checkLogLine(value: unknown): string | undefined {
     return 'dns_response needs "answers" and "ttl"';
   }
   if ("url" in o && o.type !== "http" && o.type !== "https") return `"url" on a ${o.type} line`;
+  // events.md §6: a request URL starts with its scheme; anything else is not a line egress wrote.
+  if ("url" in o && !/^https?:\/\/[^/?#]/i.test(o.url as string)) {
+    return '"url" must start with http:// or https://';
+  }
   return undefined;
 }
 
@@ -343,12 +348,10 @@ function stripQuery(url: string): string {
   return cut === -1 ? url : url.slice(0, cut);
 }
 
-/** The URL host (WHATWG URL parsing), lower-case, without a trailing dot. */
+/**
+ * The URL host as the enforcer reads it (policy.md §10.1: lower-case, one trailing dot removed, no
+ * IDNA conversion), so that the cache holds exactly the names the rules are matched against.
+ */
 function urlHost(url: string): string | undefined {
-  try {
-    const host = new URL(url).hostname.toLowerCase();
-    return host.endsWith(".") ? host.slice(0, -1) : host;
-  } catch {
-    return undefined;
-  }
+  return parseEventUrl(url)?.host;
 }

@@ -70,7 +70,10 @@ export type NfqueueOptions = {
   /** bytes of each packet copied to us, 1..65535 (default 65535) */
   copyRange?: number;
   onPacket: (packet: QueuedPacket) => NfqueueVerdict;
-  /** packets the kernel holds while we are busy before it drops new ones (default 4096) */
+  /**
+   * packets the kernel holds while we are busy before it drops new ones (default 16384): a burst
+   * of new flows from many sockets has no send-buffer backpressure, so this must hold the burst
+   */
   maxQueueLength?: number;
   /** netlink socket receive buffer (default 8 MiB); too small ⇒ ENOBUFS ⇒ dropped packets */
   receiveBufferBytes?: number;
@@ -96,7 +99,7 @@ export type NfqueueCounters = {
   malformed: number;
 };
 
-const DEFAULT_MAX_QUEUE_LENGTH = 4096;
+const DEFAULT_MAX_QUEUE_LENGTH = 16384;
 const DEFAULT_RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024;
 const DEFAULT_BATCH_LIMIT = 1024;
 // Netlink and nfqueue attribute headers around the copied bytes fit comfortably in 8 KiB.

@@ -33,10 +33,28 @@ testWhen(
 
 Deno.test("action.yml files point at the bundles", async () => {
   const main = await Deno.readTextFile(`${repo}action.yml`);
-  for (const key of ["pre: action/dist/pre.cjs", "main: action/dist/main.cjs", "post: action/dist/post.cjs", "using: node24"]) {
+  for (
+    const key of [
+      "pre: action/dist/pre.cjs",
+      "main: action/dist/main.cjs",
+      "post: action/dist/post.cjs",
+      "using: node24",
+    ]
+  ) {
     assert.ok(main.includes(key), key);
   }
-  for (const input of ["policy", "audit", "allow-sudo", "socket-security", "github-token", "container-certs", "upload-log", "fail-on-deny"]) {
+  for (
+    const input of [
+      "policy",
+      "audit",
+      "allow-sudo",
+      "socket-security",
+      "github-token",
+      "container-certs",
+      "upload-log",
+      "fail-on-deny",
+    ]
+  ) {
     assert.match(main, new RegExp(`^  ${input}:$`, "m"), input);
   }
   for (const sub of ["disable-sudo", "enable-sudo"]) {
@@ -44,4 +62,26 @@ Deno.test("action.yml files point at the bundles", async () => {
     assert.ok(text.includes("using: node24") && text.includes("main: dist/index.cjs"), sub);
     assert.ok(Object.keys(ACTION_ENTRIES).includes(`${sub}/dist/index.cjs`));
   }
+});
+
+Deno.test("the workflow's egress policies validate", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      `${repo}mod.ts`,
+      "validate",
+      "--action",
+      "./",
+      "--repo",
+      "owner/repo",
+      `${repo}.github/workflows/egress.yml`,
+    ],
+    env: { DENO_NO_UPDATE_CHECK: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, text);
+  assert.ok(text.split("\n").filter((line) => line.endsWith(", OK")).length >= 6, text);
 });

@@ -186,6 +186,26 @@ Deno.test("validate: stdin, --repo placeholders, --action", async () => {
   }
 });
 
+Deno.test("validate: only .yml/.yaml files are workflows; stdin and other files are policies", async () => {
+  const t = await tempFiles({ "wf.txt": WORKFLOW, "broken.txt": "a: [\n" });
+  try {
+    for (
+      const [args, stdin] of [[["validate", "-"], WORKFLOW], [["validate", "wf.txt"], undefined]] as const
+    ) {
+      const r = await runCli([...args], { cwd: t.dir, stdin });
+      assert.equal(r.code, 1, r.stdout);
+      assert.doesNotMatch(r.stdout, /jobs\.build/, "not read as a workflow");
+      assert.match(r.stdout, /^(<stdin>|wf\.txt):1:\d+: error: /m);
+    }
+    // Not YAML but not a .yml file either: a policy error (exit 1), not invalid YAML (exit 2).
+    const broken = await runCli(["validate", "broken.txt"], { cwd: t.dir });
+    assert.equal(broken.code, 1);
+    assert.match(broken.stdout, /^broken\.txt:1:\d+: error: /m);
+  } finally {
+    await t.cleanup();
+  }
+});
+
 Deno.test("validate: missing file, invalid YAML, unknown flag ⇒ 2 with one clear line", async () => {
   const t = await tempFiles({ "bad.yml": "jobs:\n  a: [\n", "ok.txt": "github.com\n" });
   try {

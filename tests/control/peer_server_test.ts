@@ -4,8 +4,8 @@
 
 import assert from "node:assert/strict";
 import {
-  authorize,
   type AuthenticationPolicy,
+  authorize,
   generateControlToken,
   PeerControlServer,
   type PeerCredentials,
@@ -29,8 +29,11 @@ const unmetHere = unmet([
 
 async function withServer(
   policy: Omit<AuthenticationPolicy, "contextOf"> & { contextOf?: AuthenticationPolicy["contextOf"] },
-  fn: (path: string, seen: Array<{ command: string; args: string[]; peer: PeerCredentials }>, logs: string[]) =>
-    Promise<void>,
+  fn: (
+    path: string,
+    seen: Array<{ command: string; args: string[]; peer: PeerCredentials }>,
+    logs: string[],
+  ) => Promise<void>,
   requestTimeoutMs = 600,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "egress-peer-" });
@@ -60,10 +63,18 @@ async function withServer(
 }
 
 async function ask(path: string, request: string, uid?: number): Promise<string> {
-  const argv = uid === undefined
-    ? ["/usr/bin/python3", CLIENT, path, request]
-    : ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "/usr/bin/python3", CLIENT, path, request];
-  const out = await new Deno.Command(argv[0], { args: argv.slice(1), stdout: "piped", stderr: "piped" }).output();
+  const argv = uid === undefined ? ["/usr/bin/python3", CLIENT, path, request] : [
+    "setpriv",
+    `--reuid=${uid}`,
+    `--regid=${uid}`,
+    "--clear-groups",
+    "/usr/bin/python3",
+    CLIENT,
+    path,
+    request,
+  ];
+  const out = await new Deno.Command(argv[0], { args: argv.slice(1), stdout: "piped", stderr: "piped" })
+    .output();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
   return new TextDecoder().decode(out.stdout);
 }
@@ -101,7 +112,10 @@ Deno.test("authorize: status is open, root passes, others need runner mode, acti
     ok: false,
     reason: "action fork/other is not owner/egress",
   });
-  assert.deepEqual(authorize("shutdown", [], user, policy(ACTION)), { ok: false, reason: "missing control token" });
+  assert.deepEqual(authorize("shutdown", [], user, policy(ACTION)), {
+    ok: false,
+    reason: "missing control token",
+  });
   assert.deepEqual(authorize("shutdown", ["t0k3m"], user, policy(ACTION)), {
     ok: false,
     reason: "wrong control token",
@@ -125,22 +139,29 @@ Deno.test("generateControlToken: 48 hex digits, different each time", () => {
   assert.notEqual(a, generateControlToken());
 });
 
-testWhen(unmetHere, "peer server: credentials of root and non-root callers; unprivileged callers refused outside runner mode", async () => {
-  await withServer({ runner: false }, async (path, seen, logs) => {
-    assert.equal(await ask(path, "status"), 'ok: {"state":"running"}\n');
-    assert.equal(seen[0].peer.uid, 0);
-    assert.ok(seen[0].peer.pid > 1);
-    assert.equal(await ask(path, "status", NOBODY), 'ok: {"state":"running"}\n');
-    assert.equal(seen[1].peer.uid, NOBODY);
-    assert.equal(seen[1].peer.gid, NOBODY);
-    assert.equal(await ask(path, "shutdown", NOBODY), `error: unauthorized (uid ${NOBODY} is not root)\n`);
-    assert.equal(seen.length, 2, "the refused command never reached the handler");
-    assert.equal(await ask(path, "shutdown"), "ok: shutting down\n");
-    assert.equal(await ask(path, "frobnicate"), "error: unknown command\n");
-    assert.ok(logs.some((line) => line.startsWith("warn ") && line.includes("refused \"shutdown\"")), logs.join("\n"));
-    assert.ok(logs.some((line) => line.includes(`"shutdown" from pid`) && line.includes("(root)")));
-  });
-});
+testWhen(
+  unmetHere,
+  "peer server: credentials of root and non-root callers; unprivileged callers refused outside runner mode",
+  async () => {
+    await withServer({ runner: false }, async (path, seen, logs) => {
+      assert.equal(await ask(path, "status"), 'ok: {"state":"running"}\n');
+      assert.equal(seen[0].peer.uid, 0);
+      assert.ok(seen[0].peer.pid > 1);
+      assert.equal(await ask(path, "status", NOBODY), 'ok: {"state":"running"}\n');
+      assert.equal(seen[1].peer.uid, NOBODY);
+      assert.equal(seen[1].peer.gid, NOBODY);
+      assert.equal(await ask(path, "shutdown", NOBODY), `error: unauthorized (uid ${NOBODY} is not root)\n`);
+      assert.equal(seen.length, 2, "the refused command never reached the handler");
+      assert.equal(await ask(path, "shutdown"), "ok: shutting down\n");
+      assert.equal(await ask(path, "frobnicate"), "error: unknown command\n");
+      assert.ok(
+        logs.some((line) => line.startsWith("warn ") && line.includes('refused "shutdown"')),
+        logs.join("\n"),
+      );
+      assert.ok(logs.some((line) => line.includes(`"shutdown" from pid`) && line.includes("(root)")));
+    });
+  },
+);
 
 testWhen(unmetHere, "peer server: runner mode accepts only the trusted action with the token", async () => {
   const runner = await FakeRunner.create("peer");
@@ -161,25 +182,48 @@ testWhen(unmetHere, "peer server: runner mode accepts only the trusted action wi
       assert.deepEqual(seen.at(-1)?.args, [], "the token is not passed to the handler");
       assert.equal(seen.at(-1)?.peer.uid, NOBODY);
       assert.equal(await asStep("shutdown", ours), "error: unauthorized (missing control token)\n");
-      assert.equal(await asStep(`shutdown ${token.slice(1)}x`, ours), "error: unauthorized (wrong control token)\n");
       assert.equal(
-        await asStep(`shutdown ${token}`, { GITHUB_ACTION: "__fork_egress", GITHUB_ACTION_REPOSITORY: "fork/egress" }),
+        await asStep(`shutdown ${token.slice(1)}x`, ours),
+        "error: unauthorized (wrong control token)\n",
+      );
+      assert.equal(
+        await asStep(`shutdown ${token}`, {
+          GITHUB_ACTION: "__fork_egress",
+          GITHUB_ACTION_REPOSITORY: "fork/egress",
+        }),
         "error: unauthorized (action fork/egress is not owner/egress)\n",
       );
       // A run: step has a step name but no action repository.
-      assert.match(await asStep(`shutdown ${token}`, { GITHUB_ACTION: "__run_2" }), /no trusted action context/);
+      assert.match(
+        await asStep(`shutdown ${token}`, { GITHUB_ACTION: "__run_2" }),
+        /no trusted action context/,
+      );
       // Outside the ancestry, a forged environment is worth nothing.
       const forged = await new Deno.Command("setpriv", {
-        args: [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "env", `GITHUB_ACTION_REPOSITORY=${ACTION}`,
-          "/usr/bin/python3", CLIENT, path, `shutdown ${token}`],
+        args: [
+          `--reuid=${NOBODY}`,
+          `--regid=${NOBODY}`,
+          "--clear-groups",
+          "env",
+          `GITHUB_ACTION_REPOSITORY=${ACTION}`,
+          "/usr/bin/python3",
+          CLIENT,
+          path,
+          `shutdown ${token}`,
+        ],
         stdout: "piped",
       }).output();
-      assert.match(new TextDecoder().decode(forged.stdout), /^error: unauthorized \(pid \d+ has no trusted action context\)\n$/);
+      assert.match(
+        new TextDecoder().decode(forged.stdout),
+        /^error: unauthorized \(pid \d+ has no trusted action context\)\n$/,
+      );
       // A grandchild of the step top process inherits the forged-proof context of its step.
-      const nested = await stepOutput(runner.step(["sh", "-c", `/usr/bin/python3 ${CLIENT} ${path} "disable-sudo ${token}"; exit $?`], {
-        uid: NOBODY,
-        env: ours,
-      }));
+      const nested = await stepOutput(
+        runner.step(["sh", "-c", `/usr/bin/python3 ${CLIENT} ${path} "disable-sudo ${token}"; exit $?`], {
+          uid: NOBODY,
+          env: ours,
+        }),
+      );
       assert.equal(nested, "error: unknown command\n", "authorized, then the handler answered");
       assert.equal(seen.at(-1)?.command, "disable-sudo");
     });
@@ -188,28 +232,42 @@ testWhen(unmetHere, "peer server: runner mode accepts only the trusted action wi
   }
 });
 
-testWhen(unmetHere, "peer server: a silent client is dropped after the timeout without blocking others", async () => {
-  await withServer({ runner: false }, async (path, _seen, logs) => {
-    const started = Date.now();
-    const silent = new Deno.Command("/usr/bin/python3", { args: [CLIENT, path, "--silent"], stdout: "piped" }).spawn();
-    const silent2 = new Deno.Command("/usr/bin/python3", { args: [CLIENT, path, "--silent"], stdout: "piped" }).spawn();
-    await new Promise((resolve) => setTimeout(resolve, 150));
-    assert.equal(await ask(path, "status"), 'ok: {"state":"running"}\n');
-    const answered = Date.now() - started;
-    assert.ok(answered < 550, `status answered after ${answered} ms, behind the silent clients`);
-    const [one, two] = await Promise.all([silent.output(), silent2.output()]);
-    const elapsed = Date.now() - started;
-    assert.equal(new TextDecoder().decode(one.stdout), "error: request timed out\n");
-    assert.equal(new TextDecoder().decode(two.stdout), "error: request timed out\n");
-    assert.ok(elapsed >= 600 && elapsed < 3000, `silent clients dropped after ${elapsed} ms`);
-    assert.ok(logs.some((line) => line.includes("no request within 600 ms")));
-  }, 600);
-});
+testWhen(
+  unmetHere,
+  "peer server: a silent client is dropped after the timeout without blocking others",
+  async () => {
+    await withServer({ runner: false }, async (path, _seen, logs) => {
+      const started = Date.now();
+      const silent = new Deno.Command("/usr/bin/python3", {
+        args: [CLIENT, path, "--silent"],
+        stdout: "piped",
+      }).spawn();
+      const silent2 = new Deno.Command("/usr/bin/python3", {
+        args: [CLIENT, path, "--silent"],
+        stdout: "piped",
+      }).spawn();
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      assert.equal(await ask(path, "status"), 'ok: {"state":"running"}\n');
+      const answered = Date.now() - started;
+      assert.ok(answered < 550, `status answered after ${answered} ms, behind the silent clients`);
+      const [one, two] = await Promise.all([silent.output(), silent2.output()]);
+      const elapsed = Date.now() - started;
+      assert.equal(new TextDecoder().decode(one.stdout), "error: request timed out\n");
+      assert.equal(new TextDecoder().decode(two.stdout), "error: request timed out\n");
+      assert.ok(elapsed >= 600 && elapsed < 3000, `silent clients dropped after ${elapsed} ms`);
+      assert.ok(logs.some((line) => line.includes("no request within 600 ms")));
+    }, 600);
+  },
+);
 
-testWhen(unmetHere, "peer server: over-long and non-UTF-8 requests are refused; socket mode and close", async () => {
-  await withServer({ runner: false }, async (path) => {
-    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o666);
-    assert.equal(await ask(path, "x".repeat(300)), "error: request too long\n");
-    assert.equal(await ask(path, `status ${"y".repeat(240)}`), 'ok: {"state":"running"}\n');
-  });
-});
+testWhen(
+  unmetHere,
+  "peer server: over-long and non-UTF-8 requests are refused; socket mode and close",
+  async () => {
+    await withServer({ runner: false }, async (path) => {
+      assert.equal((await Deno.stat(path)).mode! & 0o777, 0o666);
+      assert.equal(await ask(path, "x".repeat(300)), "error: request too long\n");
+      assert.equal(await ask(path, `status ${"y".repeat(240)}`), 'ok: {"state":"running"}\n');
+    });
+  },
+);

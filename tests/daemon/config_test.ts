@@ -17,6 +17,15 @@ Deno.test("start flags: defaults of cli.md", () => {
   assert.equal(config.policyPath, undefined);
   assert.equal(config.audit, false);
   assert.equal(config.cgroup, undefined);
+  assert.equal(config.runner, false);
+  assert.equal(config.allowSudo, false);
+  assert.equal(config.containerCerts, true);
+});
+
+Deno.test("start flags: runner mode and its options", () => {
+  const config = parseStartArgs(["--runner", "--allow-sudo", "--no-container-certs"], () => undefined);
+  if (config === "help") throw new Error("help");
+  assert.deepEqual([config.runner, config.allowSudo, config.containerCerts], [true, true, false]);
 });
 
 Deno.test("start flags: every flag, repeatable ones, GITHUB_REPOSITORY", () => {
@@ -61,10 +70,16 @@ Deno.test("start flags: every flag, repeatable ones, GITHUB_REPOSITORY", () => {
 });
 
 Deno.test("start flags: later features and bad values are usage errors (exit 2)", () => {
-  for (const argv of [["--runner"], ["--allow-sudo"], ["--package-check"], ["--package-check-url", "x"]]) {
+  for (const argv of [["--package-check"], ["--package-check-url", "x"]]) {
     assert.throws(
       () => parseStartArgs(argv),
       (e: unknown) => e instanceof CliError && e.exitCode === 2 && /not available yet/.test(e.message),
+    );
+  }
+  for (const argv of [["--allow-sudo"], ["--no-container-certs"]]) {
+    assert.throws(
+      () => parseStartArgs(argv),
+      (e: unknown) => e instanceof CliError && e.exitCode === 2 && /needs --runner/.test(e.message),
     );
   }
   for (
@@ -111,7 +126,11 @@ Deno.test("start and demo without root: a clear message and exit 1, before anyth
       errors.join("\n"),
       /^egress demo: needs root: it creates two throw-away network namespaces/m,
     );
-    assert.equal(await runGuarded("start", () => runStart(["--runner"], () => 1000)), 2, "usage first");
+    assert.equal(
+      await runGuarded("start", () => runStart(["--package-check"], () => 1000)),
+      2,
+      "usage first",
+    );
   } finally {
     console.error = original;
   }

@@ -59,6 +59,55 @@ elif mode == "connect6-errno":
 elif mode == "sendto6-errno":
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     out(errno=errno_of(lambda: s.sendto(b"egress", (args[0], int(args[1])))))
+elif mode == "rthdr6-errno":
+    # UDP "to ::1" with a segment routing header whose next segment is args[0]: the packet's wire
+    # destination is args[0] (IPV6_RTHDR needs no privilege).
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    segments = socket.inet_pton(socket.AF_INET6, "::1") + socket.inet_pton(socket.AF_INET6, args[0])
+    s.setsockopt(socket.IPPROTO_IPV6, 57, bytes([0, 4, 4, 1, 1, 0, 0, 0]) + segments)
+    out(errno=errno_of(lambda: s.sendto(b"egress", ("::1", int(args[1])))))
+elif mode == "accept6":
+    # Listens on [::]:args[0] for args[1] seconds; reports whether a connection was accepted.
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", int(args[0])))
+    s.listen(8)
+    s.settimeout(float(args[1]))
+    try:
+        s.accept()[0].close()
+        out(accepted=1)
+    except socket.timeout:
+        out(accepted=0)
+elif mode == "connect6-retry-errno":
+    # connect6-errno that waits (up to 3 s) for a listener that is still starting.
+    import time
+    result = None
+    for attempt in range(30):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.settimeout(1.5)
+        result = errno_of(lambda: s.connect((args[0], int(args[1]))))
+        s.close()
+        if result != 111:
+            break
+        time.sleep(0.1)
+    out(errno=result)
+elif mode == "capture-rthdr":
+    # Root only: counts IPv6 frames carrying a routing header seen on interface args[0] for
+    # args[1] seconds; prints "ready" once the capture socket is bound.
+    import time
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
+    s.bind((args[0], 0))
+    print("ready", flush=True)
+    end, count = time.time() + float(args[1]), 0
+    while time.time() < end:
+        s.settimeout(max(0.01, end - time.time()))
+        try:
+            frame = s.recv(4096)
+        except socket.timeout:
+            break
+        if len(frame) > 20 and frame[20] == 43:
+            count += 1
+    out(count=count)
 elif mode == "socket-errno":
     family, kind, proto = (int(value, 0) for value in args)
     out(errno=errno_of(lambda: socket.socket(family, kind, proto).close()))
@@ -112,7 +161,9 @@ while True:
 export interface Client {
   pid: number;
   port: number;
-  errno?: number;
+  errno?: number | null;
+  accepted?: number;
+  count?: number;
 }
 
 export async function python(options: ClientOptions, args: string[]): Promise<Client & { output: Output }> {

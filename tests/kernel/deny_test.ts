@@ -13,7 +13,8 @@ import {
   TestNetns,
   withCgroup,
 } from "./kernel_helpers.ts";
-import { python, Server } from "./clients.ts";
+import { python, PYTHON_CLIENT, Server } from "./clients.ts";
+import { DENY_PROGRAMS } from "../../src/kernel/bpf_loader.ts";
 
 const reason = kernelTestsUnmet();
 const EPERM = 1;
@@ -39,7 +40,8 @@ async function withV6Netns<T>(fn: (netns: TestNetns) => Promise<T>): Promise<T> 
 }
 
 const AF_INET = "2", AF_INET6 = "10", AF_PACKET = "17";
-const SOCK_STREAM = "1", SOCK_DGRAM = "2", SOCK_RAW = "3";
+const SOCK_STREAM = "1", SOCK_DGRAM = "2", SOCK_RAW = "3", SOCK_SEQPACKET = "5";
+const IPPROTO_UDPLITE = "136", IPPROTO_SCTP = "132", IPPROTO_MPTCP = "262";
 
 testWhen(
   reason,
@@ -110,6 +112,36 @@ testWhen(
             0,
             "UDP sockets stay allowed",
           );
+          // Protocols the steering rules do not handle (they redirect or queue only TCP and UDP).
+          // Where this kernel lacks one (SCTP here) both sides fail alike; where it has it (UDP-Lite)
+          // outside succeeds, so the EPERM inside is ours.
+          for (
+            const [family, type, proto, what] of [
+              [AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE, "UDP-Lite"],
+              [AF_INET6, SOCK_DGRAM, IPPROTO_UDPLITE, "UDP-Lite over IPv6"],
+              [AF_INET, SOCK_STREAM, IPPROTO_SCTP, "SCTP stream"],
+              [AF_INET6, SOCK_SEQPACKET, IPPROTO_SCTP, "SCTP seqpacket"],
+            ]
+          ) {
+            const args = ["socket-errno", family, type, proto];
+            const [inCode, outCode] = [await errnoOf(inside, args), await errnoOf(outside, args)];
+            assert.equal(
+              inCode,
+              outCode === 0 ? EPERM : outCode,
+              `${what}: inside ${inCode}, outside ${outCode}`,
+            );
+          }
+          assert.equal(
+            await errnoOf(outside, ["socket-errno", AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE]),
+            0,
+            "this kernel has UDP-Lite, so the refusal above was exercised",
+          );
+          // MPTCP is TCP on the wire (steered, and its subflows pass the connect hooks).
+          assert.equal(
+            await errnoOf(inside, ["socket-errno", AF_INET, SOCK_STREAM, IPPROTO_MPTCP]),
+            0,
+            "MPTCP",
+          );
 
           // AF_PACKET never reaches sock_create: unprivileged users are refused by the capability
           // check (docs/kernel.md explains how the remaining holes are closed).
@@ -147,11 +179,10 @@ testWhen(
           attribution: false,
         });
         try {
-          assert.deepEqual([...Deno.readDirSync(pinDir)].map((e) => e.name).sort(), [
-            "egress_deny_c6",
-            "egress_deny_s6",
-            "egress_deny_sock",
-          ]);
+          assert.deepEqual(
+            [...Deno.readDirSync(pinDir)].map((e) => e.name).sort(),
+            DENY_PROGRAMS.map((p) => p.name).sort(),
+          );
         } finally {
           await child.kill();
         }
@@ -162,12 +193,16 @@ testWhen(
             (await python({ cgroup, netns, user: "root" }, ["socket-errno", AF_INET, SOCK_RAW, "1"])).errno,
             EPERM,
           );
-          assert.equal((await cgroupPrograms(cgroup)).length, 3);
+          assert.equal((await cgroupPrograms(cgroup)).length, DENY_PROGRAMS.length);
 
           const next = loadEgressBpf({ instance, cgroup: cgroup.hierarchyPath, attribution: false });
           try {
-            assert.equal(next.leftoversRemoved, 3, "the next load removed the three leftovers");
-            assert.equal((await cgroupPrograms(cgroup)).length, 3, "only the new hooks remain attached");
+            assert.equal(next.leftoversRemoved, DENY_PROGRAMS.length, "the next load removed the leftovers");
+            assert.equal(
+              (await cgroupPrograms(cgroup)).length,
+              DENY_PROGRAMS.length,
+              "only the new hooks remain attached",
+            );
             assert.equal((await python({ cgroup, netns }, ["connect6-errno", V6, V6_PORT])).errno, EPERM);
           } finally {
             next.close();
@@ -187,6 +222,103 @@ testWhen(
           } catch {
             // Already clean.
           }
+        }
+      }));
+  },
+);
+
+const A6 = "fd00:e9:1::1", B6 = "fd00:e9:1::2";
+
+/** Two namespaces joined by a veth (a0 in A with A6, b0 in B with B6): traffic that really leaves A. */
+async function withV6Pair<T>(fn: (a: TestNetns, b: TestNetns) => Promise<T>): Promise<T> {
+  const a = await TestNetns.create(`${RUN}-ra`);
+  let b: TestNetns | undefined;
+  try {
+    b = await TestNetns.create(`${RUN}-rb`);
+    await a.exec(["ip", "link", "add", "a0", "type", "veth", "peer", "name", "b0", "netns", b.path]);
+    await a.exec(["ip", "-6", "addr", "add", `${A6}/64`, "dev", "a0", "nodad"]);
+    await b.exec(["ip", "-6", "addr", "add", `${B6}/64`, "dev", "b0", "nodad"]);
+    await a.exec(["ip", "link", "set", "a0", "up"]);
+    await b.exec(["ip", "link", "set", "b0", "up"]);
+    return await fn(a, b);
+  } finally {
+    await b?.remove();
+    await a.remove();
+  }
+}
+
+/** Frames with an IPv6 routing header that reach b0 while `send` runs. */
+async function routedFramesSeen(b: TestNetns, send: () => Promise<unknown>): Promise<number> {
+  const capture = new Deno.Command("nsenter", {
+    args: [`--net=${b.path}`, "/usr/bin/python3", "-c", PYTHON_CLIENT, "capture-rthdr", "b0", "1.5"],
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: "null",
+  }).spawn();
+  const reader = capture.stdout.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  while (!text.includes("ready")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("capture did not start");
+    text += decoder.decode(value);
+  }
+  await send();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value);
+  }
+  await capture.status;
+  return JSON.parse(text.trim().split("\n").at(-1)!).count;
+}
+
+testWhen(
+  reason,
+  "kernel deny: an IPv6 routing header (wire destination != ::1) and inbound IPv6 connections are dropped",
+  async () => {
+    await withCgroup("rt", (cgroup) =>
+      withV6Pair(async (a, b) => {
+        // The address hooks alone let this out: prove the leak exists without our programs.
+        const leaked = await routedFramesSeen(b, async () => {
+          const sent = await python({ cgroup, netns: a }, ["rthdr6-errno", B6, "9"]);
+          assert.equal(sent.errno, 0, "without egress the source-routed datagram is sent");
+        });
+        assert.ok(leaked >= 1, `without egress the routed frame reaches the peer (${leaked})`);
+
+        const bpf = loadEgressBpf({
+          instance: `${RUN}-rt`,
+          cgroup: cgroup.hierarchyPath,
+          attribution: false,
+          pin: false,
+        });
+        try {
+          const seen = await routedFramesSeen(b, async () => {
+            const sent = await python({ cgroup, netns: a }, ["rthdr6-errno", B6, "9"]);
+            assert.equal(sent.errno, EPERM, "the source-routed datagram is dropped with EPERM");
+          });
+          assert.equal(seen, 0, "no routed frame left the namespace");
+          assert.equal(
+            (await python({ cgroup, netns: a }, ["sendto6-errno", "::1", "9"])).errno,
+            0,
+            "plain ::1 datagrams still pass",
+          );
+
+          // A listener inside the cgroup must not become a reverse channel over IPv6.
+          const [listener, connector] = await Promise.all([
+            python({ cgroup, netns: a }, ["accept6", "18090", "2.5"]),
+            python({ netns: b }, ["connect6-retry-errno", A6, "18090"]),
+          ]);
+          assert.equal(listener.accepted, 0, "inbound IPv6 connection not accepted inside the cgroup");
+          assert.notEqual(connector.errno, 0, "the outside peer's connect did not complete");
+          const [open, peer] = await Promise.all([
+            python({ netns: a }, ["accept6", "18091", "2.5"]),
+            python({ netns: b }, ["connect6-retry-errno", A6, "18091"]),
+          ]);
+          assert.equal(open.accepted, 1, "outside the cgroup the same listener accepts");
+          assert.equal(peer.errno, 0);
+        } finally {
+          bpf.close();
         }
       }));
   },

@@ -1,7 +1,7 @@
 // The committed bpf/dist objects load and attach on this kernel, close() leaves nothing of ours
 // behind, and failures give one clear error.
 import assert from "node:assert/strict";
-import { commandExists, testWhen } from "../helpers/requirements.ts";
+import { commandExists, testWhen, unmet } from "../helpers/requirements.ts";
 import {
   ATTRIBUTION_PROGRAMS,
   BpfLoadError,
@@ -144,6 +144,51 @@ testWhen(
       });
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+const DIST = new URL("../../bpf/dist/", import.meta.url).pathname;
+const BUILD_SCRIPT = new URL("../../scripts/build_bpf.sh", import.meta.url).pathname;
+
+/** Why a rebuild cannot be compared with the committed objects here, or undefined. */
+async function rebuildUnmet(): Promise<string | undefined> {
+  const tools = unmet(
+    ["/usr/bin/clang", "/usr/bin/llvm-strip", "/usr/sbin/bpftool"].map((
+      tool,
+    ): [boolean, string] => [commandExists(tool), `needs ${tool}`]),
+  );
+  if (reason ?? tools) return reason ?? tools;
+  const committed = Deno.readTextFileSync(`${DIST}kernel_btf.sha256`).trim();
+  const digest = await crypto.subtle.digest("SHA-256", Deno.readFileSync("/sys/kernel/btf/vmlinux"));
+  const running = [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  return running === committed
+    ? undefined
+    : "bpf/dist was built against another kernel's BTF (bpf/dist/kernel_btf.sha256): vmlinux.h differs";
+}
+
+testWhen(
+  await rebuildUnmet(),
+  "kernel loader: build:bpf from the committed sources reproduces the committed objects byte for byte",
+  async () => {
+    const out = await Deno.makeTempDir({ prefix: `${RUN}-build` });
+    try {
+      const build = await new Deno.Command("bash", {
+        args: [BUILD_SCRIPT],
+        env: { EGRESS_BPF_OUT: out },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(build.code, 0, new TextDecoder().decode(build.stderr));
+      for (const name of ["egress_attr.bpf.o", "egress_deny.bpf.o", "kernel_btf.sha256"]) {
+        assert.deepEqual(
+          Deno.readFileSync(`${out}/${name}`),
+          Deno.readFileSync(`${DIST}${name}`),
+          `${name} differs from bpf/dist: run deno task build:bpf and commit bpf/dist`,
+        );
+      }
+    } finally {
+      await Deno.remove(out, { recursive: true });
     }
   },
 );

@@ -57,6 +57,39 @@ Deno.test("npm build: Node imports the package and decides", async (t) => {
       assert.equal(out.threw, true);
     });
 
+    await t.step("generated .d.ts types match policy.md §13 exactly (tsc)", async () => {
+      const nodeModules = await ensureNodeTools();
+      const check = await Deno.readTextFile(join(repo, "tests", "policy", "api_types_check.ts"));
+      const consumer = check.replace(/from "\.\.\/\.\.\/mod\.ts"/, 'from "@org/egress"');
+      assert.notEqual(consumer, check, "the check imports mod.ts");
+      // Resolved like a bundler or Node ESM consumer would: package.json "exports" → types/mod.d.ts.
+      const compilerOptions = {
+        noEmit: true,
+        strict: true,
+        target: "ES2022",
+        lib: ["ES2022"],
+        types: [],
+        module: "ESNext",
+        moduleResolution: "bundler",
+      };
+      await Deno.writeTextFile(
+        join(work, "tsconfig.json"),
+        JSON.stringify({ compilerOptions, files: ["api_check.ts"] }),
+      );
+      const tsc = async (text: string) => {
+        await Deno.writeTextFile(join(work, "api_check.ts"), text);
+        return await node([join(nodeModules, "typescript", "bin", "tsc"), "-p", "tsconfig.json"], work);
+      };
+      const compiled = await tsc(consumer);
+      assert.equal(compiled.code, 0, compiled.stdout + compiled.stderr);
+      // The check can fail: a Decision type that differs from the generated one is rejected.
+      const wrong = consumer.replace("  reason: string;\n};", "  reason: string | undefined;\n};");
+      assert.notEqual(wrong, consumer);
+      const broken = await tsc(wrong);
+      assert.notEqual(broken.code, 0, "a changed Decision type must fail the check");
+      assert.match(broken.stdout, /api_check\.ts/);
+    });
+
     await t.step("policy test suite under Node", async () => {
       const nodeModules = await ensureNodeTools();
       const bundles = join(work, "tests");

@@ -20,6 +20,17 @@ const CASES: Array<[string, string | undefined]> = [
   ["https://registry.npmjs.org/express/-/express-4.18.2.tgz?cache=bust#frag", "pkg:npm/express@4.18.2"],
   ["https://REGISTRY.NPMJS.ORG./express/-/express-4.18.2.tgz", "pkg:npm/express@4.18.2"],
   ["https://registry.npmjs.org:443/express/-/express-4.18.2.tgz", "pkg:npm/express@4.18.2"],
+  // other spellings of the same path a registry serves alike are still checked
+  ["https://registry.npmjs.org/%65vil/-/%65vil-1.0.0.tgz", "pkg:npm/evil@1.0.0"],
+  ["https://registry.npmjs.org//evil/-/evil-1.0.0.tgz", "pkg:npm/evil@1.0.0"],
+  ["https://registry.npmjs.org/./evil/./-/evil-1.0.0.tgz/", "pkg:npm/evil@1.0.0"],
+  ["https://registry.npmjs.org/x/../evil/-/evil-1.0.0.tgz", "pkg:npm/evil@1.0.0"],
+  ["https://registry.npmjs.org/evil/%2e%2e/evil/-/evil-1.0.0.tgz", "pkg:npm/evil@1.0.0"],
+  ["https://registry.npmjs.org/evil/-/evil-1%2E0.0%2etgz", "pkg:npm/evil@1.0.0"],
+  ["https://files.pythonhosted.org/packages//aa/evil-1.0.tar.gz", "pkg:pypi/evil@1.0"],
+  ["https://static.crates.io/crates/evil/evil-1.0.0%2Ecrate", "pkg:cargo/evil@1.0.0"],
+  // decoded once only; escapes of other characters stay (and fail the name/version charset)
+  ["https://registry.npmjs.org/%2565vil/-/%2565vil-1.0.0.tgz", undefined],
   // npm: not downloads, or names not repeated
   ["https://registry.npmjs.org/express", undefined],
   ["https://registry.npmjs.org/express/-/lodash-4.17.21.tgz", undefined],

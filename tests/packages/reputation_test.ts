@@ -229,6 +229,20 @@ Deno.test("package check: unknown is reused for 60 s, then the service is asked 
   });
 });
 
+Deno.test("package check: remembered unknowns are bounded too (service down, many distinct PURLs)", async () => {
+  await withApi(async (base, state) => {
+    const checker = new PackageChecker({ baseUrl: base, version: "0.1.0", cacheSize: 2 });
+    for (const name of ["u1", "u2", "u3"]) state.behaviour.set(name, "broken");
+    for (const name of ["u1", "u2", "u3"]) await checker.checkRequest(NPM(name));
+    assert.equal(state.hits.length, 3);
+    await checker.checkRequest(NPM("u3")); // still remembered
+    await checker.checkRequest(NPM("u2"));
+    assert.equal(state.hits.length, 3);
+    await checker.checkRequest(NPM("u1")); // the oldest was dropped: asked again
+    assert.equal(state.hits.length, 4);
+  });
+});
+
 Deno.test("packageVerdictEffect: enforce replies 403 text/plain; audit forwards with the same fields", () => {
   const block = {
     verdict: "block" as const,
@@ -290,7 +304,11 @@ Deno.test("packageCheckBaseUrl: flag, then environment, then the default", () =>
   assert.equal(packageCheckBaseUrl("http://127.0.0.1:8/api", "http://127.0.0.1:9"), "http://127.0.0.1:8/api");
   assert.throws(
     () => packageCheckBaseUrl("ftp://x"),
-    /Cannot use package check URL "ftp:\/\/x": scheme must be http or https/,
+    /Cannot use --package-check-url "ftp:\/\/x": scheme must be http or https/,
   );
-  assert.throws(() => packageCheckBaseUrl("nope"), /Cannot use package check URL "nope": not a URL/);
+  assert.throws(() => packageCheckBaseUrl("nope"), /Cannot use --package-check-url "nope": not a URL/);
+  assert.throws(
+    () => packageCheckBaseUrl(undefined, "file:///x"),
+    /Cannot use EGRESS_PACKAGE_CHECK_URL "file:\/\/\/x": scheme must be http or https/,
+  );
 });

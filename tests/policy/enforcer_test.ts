@@ -292,6 +292,10 @@ Deno.test("dns: resolver checked before the name; the reported rule is the name 
   );
   // Without a name: generic match against udp ip/cidr rules.
   assert.equal(enforcer.decide({ type: "dns", dst_ip: "127.0.0.53", dst_port: 53 }).index, 0);
+  // ... and only those: a `host` on a nameless query never lets a hostname rule with /udp match.
+  const udpHost = new Enforcer(policy(rule("host", "x.com", { port: [53], protocol: "udp" })));
+  const nameless = udpHost.decide({ type: "dns", dst_ip: "9.9.9.9", dst_port: 53, host: "x.com" });
+  assert.deepEqual([nameless.allowed, nameless.reason], [false, "no matching rule"]);
 });
 
 Deno.test("audit mode: allowed is always true, policy and reason say what enforce would", () => {

@@ -85,6 +85,28 @@ Deno.test("wildcards never vouch for names with empty labels", () => {
   assert.equal(hostPatternMatches("*.github.com", "a..github.com"), false);
 });
 
+Deno.test("wildcards never vouch for names with characters no hostname has", () => {
+  for (
+    const name of [
+      "evil.com:80@a.github.com",
+      "evil.com/.github.com",
+      "a\0.github.com",
+      "a b.github.com",
+      "%41.github.com",
+    ]
+  ) {
+    assert.equal(hostPatternMatches("*.github.com", name), false, JSON.stringify(name));
+  }
+  for (const name of ["evil@x.github.com", "ü.github.com"]) {
+    assert.equal(hostPatternMatches("*.github.com", name), false, JSON.stringify(name));
+    assert.equal(hostPatternMatches("*.*.github.com", name), false, JSON.stringify(name));
+  }
+  assert.equal(hostPatternMatches("derp*.x.com", "derp:1.x.com"), false);
+  // Service labels with "_" and digits are real names.
+  assert.equal(hostPatternMatches("*.github.com", "_dmarc.a-1.github.com"), true);
+  assert.equal(hostPatternMatches("*.github.com", "A.GitHub.com."), true);
+});
+
 Deno.test("compileHostPattern exposes the literal suffix used by the index", () => {
   assert.equal(compileHostPattern("*.GitHub.com").indexKey, "github.com");
   assert.equal(compileHostPattern("*.derp*.x.com").indexKey, "x.com");

@@ -291,6 +291,18 @@ Deno.test("parseEventUrl keeps the raw path and strips userinfo and port", () =>
   assert.equal(parseEventUrl("https:///x"), undefined);
 });
 
+Deno.test("a backslash ends the URL authority (as WHATWG URL parsing does): no userinfo trick", () => {
+  assert.deepEqual(parseEventUrl("https://evil.com\\@github.com/x"), {
+    scheme: "https",
+    host: "evil.com",
+    path: "/\\@github.com/x",
+  });
+  const rules = [rule("url", "https://github.com/*")];
+  const url = "https://evil.com\\@github.com/x";
+  assert.equal(matchIndex(rules, ev({ type: "https", url, method: "GET" })), undefined);
+  assert.equal(matchIndex(rules, ev({ type: "https", url: "https://x@github.com/x", method: "GET" })), 0);
+});
+
 Deno.test("no IDNA conversion: a punycode rule does not match the Unicode name and vice versa", () => {
   const rules = [rule("host", "xn--bcher-kva.de")];
   assert.equal(matchIndex(rules, ev({ type: "https", host: "bücher.de" })), undefined);

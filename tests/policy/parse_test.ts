@@ -434,6 +434,9 @@ Deno.test("§13: malformed options are TypeErrors in both functions", () => {
     { defaults: { attrs: [] } },
     { repository: 5 },
     { runner: "yes" },
+    // Misspelt keys: silently ignoring them would drop the runner cgroup or the defaults.
+    { runer: true },
+    { defaults: { attr: { exe: "/a" } } },
   ];
   for (const options of bad) {
     assert.throws(() => parsePolicy("x.com", options as PolicyOptions), TypeError, JSON.stringify(options));
@@ -467,4 +470,10 @@ Deno.test("performance: 10,000 lines parse well under a second; long lines stay 
   );
   assert.deepEqual([r.rules.length, r.errors.length], [3, 0]);
   assert.ok(performance.now() - long < 1500, "long lines");
+  // Long bad lines too: the diagnosis of a line no alternative parses stays linear (a run of ":"
+  // once made the IPv6 check backtrack quadratically: 32,000 characters took 1.5 s).
+  const bad = performance.now();
+  const e = validatePolicy(`${":".repeat(40_000)}x\n${"a:".repeat(40_000)}!\n[${"a=b ".repeat(20_000)}`);
+  assert.equal(e.errors.length, 3);
+  assert.ok(performance.now() - bad < 1500, `long bad lines took ${(performance.now() - bad).toFixed(0)} ms`);
 });

@@ -75,3 +75,26 @@ Deno.test(". and .. segments (also %2e in any case) match no rule", () => {
   assert.equal(urlPathMatches("/a/*", "/a/.well-known"), true);
   assert.equal(urlPathMatches("/a/*", "/a/b?x=/../"), true);
 });
+
+Deno.test("dot segments hidden behind \\, %2f, %5c or a ;parameter also match no rule", () => {
+  for (
+    const path of [
+      "/a/..\\b",
+      "/a\\..\\b",
+      "/a/..%2fb",
+      "/a/..%2Fb",
+      "/a/%2e%2e%5cb",
+      "/a/..;/b",
+      "/a/.;x/b",
+      "/a/..;",
+    ]
+  ) {
+    assert.equal(hasDotSegment(path), true, path);
+    assert.equal(urlPathMatches("/a/*", path), false, path);
+  }
+  // Dots inside a longer name stay ordinary characters.
+  for (const path of ["/a/..b;c", "/a/b..%2fc", "/a/x;..", "/a/...;"]) {
+    assert.equal(hasDotSegment(path), false, path);
+    assert.equal(urlPathMatches("/a/*", path), true, path);
+  }
+});

@@ -14,6 +14,8 @@ export type StepOptions = {
   /** run the step unprivileged (setpriv) */
   uid?: number;
   stdin?: "piped" | "null";
+  /** run the Runner.Worker (and so the step) in this network namespace (path under /run/netns) */
+  netns?: string;
 };
 
 export class FakeRunner {
@@ -53,7 +55,9 @@ export class FakeRunner {
       ? []
       : ["setpriv", `--reuid=${options.uid}`, `--regid=${options.uid}`, "--clear-groups"];
     const stepArgv = [...privilege, "env", ...envArgs, ...argv];
-    const script = `echo $$ > "$1/cgroup.procs" && shift && exec "$0" -c '"$@"; exit $?' worker "$@"`;
+    // The cgroup is joined before entering the namespace (nsenter keeps the cgroup2 tree visible).
+    const enter = options.netns ? `nsenter --net=${options.netns} ` : "";
+    const script = `echo $$ > "$1/cgroup.procs" && shift && exec ${enter}"$0" -c '"$@"; exit $?' worker "$@"`;
     return new Deno.Command("/bin/sh", {
       args: ["-c", script, this.worker, this.cgroup.fsPath, ...stepArgv],
       stdin: options.stdin ?? "null",

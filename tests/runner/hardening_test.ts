@@ -100,7 +100,10 @@ Deno.test("sudo: allow-sudo appends the logfile line (visudo-checked), shutdown 
     assert.deepEqual(tools.checked, [expected], "visudo saw the new content before it was installed");
     await enableSudoLogging(paths, state, tools);
     assert.equal(await Deno.readTextFile(paths.sudoersRunner), expected, "idempotent");
-    await Deno.writeTextFile(`${state}/sudo.log`, "Dec  1 18:40:02 : runner : USER=root ; COMMAND=/bin/true\n");
+    await Deno.writeTextFile(
+      `${state}/sudo.log`,
+      "Dec  1 18:40:02 : runner : USER=root ; COMMAND=/bin/true\n",
+    );
     assert.match((await takeSudoLog(state))!, /COMMAND=\/bin\/true/);
     assert.equal(await takeSudoLog(state), undefined, "taken once");
     await restoreSudoers(paths, state);
@@ -115,9 +118,16 @@ Deno.test("sudo: visudo rejecting the change leaves the file as it was", async (
   try {
     const paths = systemPaths(root);
     await Deno.writeTextFile(paths.sudoersRunner, SUDOERS, { mode: 0o440 });
-    await assert.rejects(enableSudoLogging(paths, state, fakeTools("", "syntax error near line 2")), /visudo: syntax error/);
+    await assert.rejects(
+      enableSudoLogging(paths, state, fakeTools("", "syntax error near line 2")),
+      /visudo: syntax error/,
+    );
     assert.equal(await Deno.readTextFile(paths.sudoersRunner), SUDOERS);
-    assert.deepEqual([...Deno.readDirSync(`${root}/etc/sudoers.d`)].map((e) => e.name), ["runner"], "no temp file left");
+    assert.deepEqual(
+      [...Deno.readDirSync(`${root}/etc/sudoers.d`)].map((e) => e.name),
+      ["runner"],
+      "no temp file left",
+    );
   } finally {
     await cleanup();
   }
@@ -129,7 +139,10 @@ Deno.test("user namespaces: Ubuntu's sysctl preferred, old value restored; fallb
     const paths = systemPaths(root);
     await Deno.mkdir(`${root}/proc/sys/user`, { recursive: true });
     await Deno.writeTextFile(paths.maxUserNamespaces, "63413\n");
-    assert.deepEqual(await blockUserNamespaces(paths, state), { path: paths.maxUserNamespaces, previous: "63413" });
+    assert.deepEqual(await blockUserNamespaces(paths, state), {
+      path: paths.maxUserNamespaces,
+      previous: "63413",
+    });
     assert.equal(await Deno.readTextFile(paths.maxUserNamespaces), "0\n");
     // A restarted supervisor blocks again: the recorded value must stay the original one.
     await blockUserNamespaces(paths, state);
@@ -191,5 +204,8 @@ Deno.test("CA variables point at the shared CA and the system bundle", () => {
     AWS_CA_BUNDLE: "/etc/ssl/certs/ca-certificates.crt",
     HEX_CACERTS_PATH: "/etc/ssl/certs/ca-certificates.crt",
   });
-  assert.equal(caEnvironment(systemPaths("/tmp/x/")).NODE_EXTRA_CA_CERTS, "/tmp/x/usr/local/share/egress/ca.pem");
+  assert.equal(
+    caEnvironment(systemPaths("/tmp/x/")).NODE_EXTRA_CA_CERTS,
+    "/tmp/x/usr/local/share/egress/ca.pem",
+  );
 });

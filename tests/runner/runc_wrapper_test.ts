@@ -1,9 +1,20 @@
 // The runc wrapper end to end: installed into a temporary root over a fake runc, run against
 // generated OCI bundles with Debian-, RHEL- and Alpine-style root filesystems.
 import assert from "node:assert/strict";
-import { editConfig, findCaBundles, resolveInRootfs, type RootfsView, scanRuncArgs } from "../../src/runner/oci_config.ts";
+import {
+  editConfig,
+  findCaBundles,
+  resolveInRootfs,
+  type RootfsView,
+  scanRuncArgs,
+} from "../../src/runner/oci_config.ts";
 import { systemPaths } from "../../src/runner/paths.ts";
-import { findNode, installRuncWrapper, removeRuncWrapper, WRAPPER_MARKER } from "../../src/runner/runc_wrapper.ts";
+import {
+  findNode,
+  installRuncWrapper,
+  removeRuncWrapper,
+  WRAPPER_MARKER,
+} from "../../src/runner/runc_wrapper.ts";
 import { testWhen } from "../helpers/requirements.ts";
 
 const repo = new URL("../../", import.meta.url).pathname;
@@ -20,13 +31,23 @@ Deno.test("scanRuncArgs: subcommand and bundle past global options", () => {
     subcommand: "create",
     bundle: "/b",
   });
-  assert.deepEqual(scanRuncArgs(["--log=/l", "--log-format", "json", "run", "-b", "/c", "--pid-file", "/p", "id"]), {
-    subcommand: "run",
-    bundle: "/c",
+  assert.deepEqual(
+    scanRuncArgs(["--log=/l", "--log-format", "json", "run", "-b", "/c", "--pid-file", "/p", "id"]),
+    {
+      subcommand: "run",
+      bundle: "/c",
+    },
+  );
+  assert.deepEqual(scanRuncArgs(["create", "--bundle=/d", "--console-socket", "/s", "id"]), {
+    subcommand: "create",
+    bundle: "/d",
   });
-  assert.deepEqual(scanRuncArgs(["create", "--bundle=/d", "--console-socket", "/s", "id"]), { subcommand: "create", bundle: "/d" });
   assert.deepEqual(scanRuncArgs(["run", "id"]), { subcommand: "run", bundle: "." });
-  assert.deepEqual(scanRuncArgs(["--root", "create", "state", "id"]).subcommand, "state", "--root takes a value");
+  assert.deepEqual(
+    scanRuncArgs(["--root", "create", "state", "id"]).subcommand,
+    "state",
+    "--root takes a value",
+  );
   assert.deepEqual(scanRuncArgs(["exec", "id", "run"]).subcommand, "exec");
 });
 
@@ -48,14 +69,21 @@ Deno.test("resolveInRootfs: absolute and relative links stay inside the rootfs",
   assert.equal(resolveInRootfs("/etc/ssl/certs/ca-bundle.crt", view), "/etc/pki/tls-ca.pem");
   assert.equal(resolveInRootfs("/etc/ssl/cert.pem", view), "/etc/shadow");
   assert.equal(resolveInRootfs("/loop", view), undefined);
-  assert.deepEqual(findCaBundles(view), [{ listed: "/etc/pki/tls/certs/ca-bundle.crt", resolved: "/etc/pki/tls-ca.pem" }]);
+  assert.deepEqual(findCaBundles(view), [{
+    listed: "/etc/pki/tls/certs/ca-bundle.crt",
+    resolved: "/etc/pki/tls-ca.pem",
+  }]);
 });
 
 Deno.test("editConfig: mounts once, variables not overriding the container's", () => {
   const edit = {
     caTarget: "/usr/local/share/egress/ca.pem",
     caSource: "/host/ca.pem",
-    bundles: [{ listed: "/etc/ssl/cert.pem", destination: "/etc/ssl/certs/ca-certificates.crt", source: "/b/.egress-ca-_etc_ssl_cert.pem" }],
+    bundles: [{
+      listed: "/etc/ssl/cert.pem",
+      destination: "/etc/ssl/certs/ca-certificates.crt",
+      source: "/b/.egress-ca-_etc_ssl_cert.pem",
+    }],
   };
   const first = editConfig({ process: { env: ["PATH=/bin", "SSL_CERT_FILE=/mine.pem"] }, mounts: [] }, edit);
   assert.deepEqual(first.keptVariables, ["SSL_CERT_FILE"]);
@@ -84,7 +112,10 @@ const DISTROS: Record<string, Distro & { expect: Array<{ listed: string; resolve
   debian: {
     files: { "/etc/ssl/certs/ca-certificates.crt": BASE, "/etc/hostname": "debian\n" },
     links: { "/etc/ssl/cert.pem": "/../../../../../../etc/passwd" }, // escapes nowhere: rootfs has no passwd
-    expect: [{ listed: "/etc/ssl/certs/ca-certificates.crt", resolved: "/etc/ssl/certs/ca-certificates.crt" }],
+    expect: [{
+      listed: "/etc/ssl/certs/ca-certificates.crt",
+      resolved: "/etc/ssl/certs/ca-certificates.crt",
+    }],
   },
   rhel: {
     files: { "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem": BASE },
@@ -94,12 +125,18 @@ const DISTROS: Record<string, Distro & { expect: Array<{ listed: string; resolve
       "/etc/ssl/certs": "../pki/tls/certs",
       "/etc/ssl/cert.pem": "../pki/tls/cert.pem",
     },
-    expect: [{ listed: "/etc/pki/tls/certs/ca-bundle.crt", resolved: "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem" }],
+    expect: [{
+      listed: "/etc/pki/tls/certs/ca-bundle.crt",
+      resolved: "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    }],
   },
   alpine: {
     files: { "/etc/ssl/certs/ca-certificates.crt": BASE + "\n" },
     links: { "/etc/ssl/cert.pem": "certs/ca-certificates.crt" },
-    expect: [{ listed: "/etc/ssl/certs/ca-certificates.crt", resolved: "/etc/ssl/certs/ca-certificates.crt" }],
+    expect: [{
+      listed: "/etc/ssl/certs/ca-certificates.crt",
+      resolved: "/etc/ssl/certs/ca-certificates.crt",
+    }],
   },
 };
 
@@ -163,92 +200,129 @@ async function withInstalledWrapper(fn: (root: string, runc: string) => Promise<
   }
 }
 
-async function runWrapper(runc: string, args: string[]): Promise<{ code: number; stderr: string; passed: string[] }> {
+async function runWrapper(
+  runc: string,
+  args: string[],
+): Promise<{ code: number; stderr: string; passed: string[] }> {
   const out = await new Deno.Command(runc, { args, stdout: "piped", stderr: "piped" }).output();
-  const passed = (await Deno.readTextFile(`${runc.slice(0, runc.lastIndexOf("/"))}/runc-args.txt`)).split("\n").slice(0, -1);
+  const passed = (await Deno.readTextFile(`${runc.slice(0, runc.lastIndexOf("/"))}/runc-args.txt`)).split(
+    "\n",
+  ).slice(0, -1);
   return { code: out.code, stderr: new TextDecoder().decode(out.stderr), passed };
 }
 
 const noNode = NODE ? undefined : "needs node";
 
 for (const [name, distro] of Object.entries(DISTROS)) {
-  testWhen(noNode, `runc wrapper: ${name}-style rootfs gets merged bundles and the CA, read-only`, async () => {
-    await withInstalledWrapper(async (root, runc) => {
-      const bundle = await makeBundle(`${root}/bundles/${name}`, distro, ["PATH=/usr/bin"]);
-      const rootfsBefore = await snapshot(`${bundle}/rootfs`);
-      const args = ["--root", "/run/containerd/runc/moby", "--log", `${bundle}/log.json`, "--systemd-cgroup", "create", "--bundle", bundle, "--pid-file", `${bundle}/init.pid`, "c1"];
-      const result = await runWrapper(runc, args);
-      assert.equal(result.code, 0);
-      assert.deepEqual(result.passed, args, "runc.real got exactly the original arguments");
-      assert.equal(result.stderr, "", "no warning");
-      assert.deepEqual(await snapshot(`${bundle}/rootfs`), rootfsBefore, "the rootfs is never written");
-      const config = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`));
-      assert.equal((await Deno.stat(`${bundle}/config.json`)).mode! & 0o777, 0o600, "mode kept");
-      const mounts = config.mounts.slice(1);
-      assert.deepEqual(mounts[0], {
-        destination: "/usr/local/share/egress/ca.pem",
-        type: "bind",
-        source: `${root}/usr/local/share/egress/ca.pem`,
-        options: ["bind", "ro"],
+  testWhen(
+    noNode,
+    `runc wrapper: ${name}-style rootfs gets merged bundles and the CA, read-only`,
+    async () => {
+      await withInstalledWrapper(async (root, runc) => {
+        const bundle = await makeBundle(`${root}/bundles/${name}`, distro, ["PATH=/usr/bin"]);
+        const rootfsBefore = await snapshot(`${bundle}/rootfs`);
+        const args = [
+          "--root",
+          "/run/containerd/runc/moby",
+          "--log",
+          `${bundle}/log.json`,
+          "--systemd-cgroup",
+          "create",
+          "--bundle",
+          bundle,
+          "--pid-file",
+          `${bundle}/init.pid`,
+          "c1",
+        ];
+        const result = await runWrapper(runc, args);
+        assert.equal(result.code, 0);
+        assert.deepEqual(result.passed, args, "runc.real got exactly the original arguments");
+        assert.equal(result.stderr, "", "no warning");
+        assert.deepEqual(await snapshot(`${bundle}/rootfs`), rootfsBefore, "the rootfs is never written");
+        const config = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`));
+        assert.equal((await Deno.stat(`${bundle}/config.json`)).mode! & 0o777, 0o600, "mode kept");
+        const mounts = config.mounts.slice(1);
+        assert.deepEqual(mounts[0], {
+          destination: "/usr/local/share/egress/ca.pem",
+          type: "bind",
+          source: `${root}/usr/local/share/egress/ca.pem`,
+          options: ["bind", "ro"],
+        });
+        assert.deepEqual(
+          mounts.slice(1).map((m: { destination: string }) => m.destination),
+          distro.expect.map((e) => e.resolved),
+        );
+        for (const [i, expected] of distro.expect.entries()) {
+          const source = `${bundle}/.egress-ca-${expected.listed.replace(/\//g, "_")}`;
+          assert.equal(mounts[1 + i].source, source);
+          assert.deepEqual(mounts[1 + i].options, ["bind", "ro"]);
+          assert.equal(await Deno.readTextFile(source), `${BASE}\n${CA}`);
+          assert.equal((await Deno.stat(source)).mode! & 0o777, 0o444);
+        }
+        const bundleVar = distro.expect[0].listed;
+        assert.deepEqual(config.process.env, [
+          "PATH=/usr/bin",
+          "NODE_EXTRA_CA_CERTS=/usr/local/share/egress/ca.pem",
+          `SSL_CERT_FILE=${bundleVar}`,
+          `REQUESTS_CA_BUNDLE=${bundleVar}`,
+          `AWS_CA_BUNDLE=${bundleVar}`,
+          `HEX_CACERTS_PATH=${bundleVar}`,
+        ]);
+        // A second create of the same bundle (0444 files already there) works and adds nothing twice.
+        assert.equal((await runWrapper(runc, args)).code, 0);
+        assert.equal(
+          JSON.parse(await Deno.readTextFile(`${bundle}/config.json`)).mounts.length,
+          config.mounts.length,
+        );
+        await assert.rejects(Deno.stat(`${bundle}/config.json.egress-tmp`), Deno.errors.NotFound);
       });
-      assert.deepEqual(mounts.slice(1).map((m: { destination: string }) => m.destination), distro.expect.map((e) => e.resolved));
-      for (const [i, expected] of distro.expect.entries()) {
-        const source = `${bundle}/.egress-ca-${expected.listed.replace(/\//g, "_")}`;
-        assert.equal(mounts[1 + i].source, source);
-        assert.deepEqual(mounts[1 + i].options, ["bind", "ro"]);
-        assert.equal(await Deno.readTextFile(source), `${BASE}\n${CA}`);
-        assert.equal((await Deno.stat(source)).mode! & 0o777, 0o444);
-      }
-      const bundleVar = distro.expect[0].listed;
-      assert.deepEqual(config.process.env, [
-        "PATH=/usr/bin",
-        "NODE_EXTRA_CA_CERTS=/usr/local/share/egress/ca.pem",
-        `SSL_CERT_FILE=${bundleVar}`,
-        `REQUESTS_CA_BUNDLE=${bundleVar}`,
-        `AWS_CA_BUNDLE=${bundleVar}`,
-        `HEX_CACERTS_PATH=${bundleVar}`,
-      ]);
-      // A second create of the same bundle (0444 files already there) works and adds nothing twice.
-      assert.equal((await runWrapper(runc, args)).code, 0);
-      assert.equal(JSON.parse(await Deno.readTextFile(`${bundle}/config.json`)).mounts.length, config.mounts.length);
-      await assert.rejects(Deno.stat(`${bundle}/config.json.egress-tmp`), Deno.errors.NotFound);
-    });
-  });
+    },
+  );
 }
 
-testWhen(noNode, "runc wrapper: user-set variables kept with a warning; other subcommands untouched; failures open", async () => {
-  await withInstalledWrapper(async (root, runc) => {
-    const id = "a".repeat(64);
-    const bundle = await makeBundle(`${root}/bundles/${id}`, DISTROS.debian, ["SSL_CERT_FILE=/custom.pem", "NODE_EXTRA_CA_CERTS=/x.pem"]);
-    const created = await runWrapper(runc, ["run", "--bundle", bundle, "c2"]);
-    assert.match(created.stderr, /warning: kept NODE_EXTRA_CA_CERTS, SSL_CERT_FILE as set by the container/);
-    assert.match(created.stderr, new RegExp(`bundle ${bundle}`), "no Docker API here: the bundle is named");
-    assert.match(created.stderr, /process "sh -c echo hi"/);
-    const env = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`)).process.env;
-    assert.ok(env.includes("SSL_CERT_FILE=/custom.pem") && env.includes("NODE_EXTRA_CA_CERTS=/x.pem"));
-    assert.ok(env.includes("REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt"));
+testWhen(
+  noNode,
+  "runc wrapper: user-set variables kept with a warning; other subcommands untouched; failures open",
+  async () => {
+    await withInstalledWrapper(async (root, runc) => {
+      const id = "a".repeat(64);
+      const bundle = await makeBundle(`${root}/bundles/${id}`, DISTROS.debian, [
+        "SSL_CERT_FILE=/custom.pem",
+        "NODE_EXTRA_CA_CERTS=/x.pem",
+      ]);
+      const created = await runWrapper(runc, ["run", "--bundle", bundle, "c2"]);
+      assert.match(
+        created.stderr,
+        /warning: kept NODE_EXTRA_CA_CERTS, SSL_CERT_FILE as set by the container/,
+      );
+      assert.match(created.stderr, new RegExp(`bundle ${bundle}`), "no Docker API here: the bundle is named");
+      assert.match(created.stderr, /process "sh -c echo hi"/);
+      const env = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`)).process.env;
+      assert.ok(env.includes("SSL_CERT_FILE=/custom.pem") && env.includes("NODE_EXTRA_CA_CERTS=/x.pem"));
+      assert.ok(env.includes("REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt"));
 
-    const before = await Deno.readTextFile(`${bundle}/config.json`);
-    const state = await runWrapper(runc, ["--root", "/r", "state", "c2"]);
-    assert.deepEqual(state.passed, ["--root", "/r", "state", "c2"]);
-    assert.equal(state.stderr, "");
-    assert.equal(await Deno.readTextFile(`${bundle}/config.json`), before, "state does not touch bundles");
+      const before = await Deno.readTextFile(`${bundle}/config.json`);
+      const state = await runWrapper(runc, ["--root", "/r", "state", "c2"]);
+      assert.deepEqual(state.passed, ["--root", "/r", "state", "c2"]);
+      assert.equal(state.stderr, "");
+      assert.equal(await Deno.readTextFile(`${bundle}/config.json`), before, "state does not touch bundles");
 
-    const broken = `${root}/bundles/broken`;
-    await Deno.mkdir(broken, { recursive: true });
-    await Deno.writeTextFile(`${broken}/config.json`, "{not json");
-    const failed = await runWrapper(runc, ["create", "-b", broken, "c3"]);
-    assert.equal(failed.code, 0);
-    assert.match(failed.stderr, /warning: container started without the egress CA/);
-    assert.deepEqual(failed.passed, ["create", "-b", broken, "c3"], "runc.real still ran");
-    assert.equal(await Deno.readTextFile(`${broken}/config.json`), "{not json");
+      const broken = `${root}/bundles/broken`;
+      await Deno.mkdir(broken, { recursive: true });
+      await Deno.writeTextFile(`${broken}/config.json`, "{not json");
+      const failed = await runWrapper(runc, ["create", "-b", broken, "c3"]);
+      assert.equal(failed.code, 0);
+      assert.match(failed.stderr, /warning: container started without the egress CA/);
+      assert.deepEqual(failed.passed, ["create", "-b", broken, "c3"], "runc.real still ran");
+      assert.equal(await Deno.readTextFile(`${broken}/config.json`), "{not json");
 
-    // The Node part gone (or Node itself): the wrapper still execs runc.real.
-    await Deno.remove(systemPaths(root).runcWrapperScript);
-    const bare = await runWrapper(runc, ["create", "--bundle", bundle, "c4"]);
-    assert.deepEqual(bare.passed, ["create", "--bundle", bundle, "c4"]);
-  });
-});
+      // The Node part gone (or Node itself): the wrapper still execs runc.real.
+      await Deno.remove(systemPaths(root).runcWrapperScript);
+      const bare = await runWrapper(runc, ["create", "--bundle", bundle, "c4"]);
+      assert.deepEqual(bare.passed, ["create", "--bundle", bundle, "c4"]);
+    });
+  },
+);
 
 testWhen(noNode, "runc wrapper install: skipped without runc or with a foreign runc.real", async () => {
   const root = await Deno.makeTempDir({ prefix: "egress-runc-" });

@@ -51,7 +51,12 @@ Deno.test("sudo log: events with pwd, target_user and the split command; entries
       cmdline: ["/bin/sh", "-c", `echo "a b" ; echo c`],
     },
     // unterminated quote: whitespace fallback
-    { ts: "2026-12-31T23:59:59.000Z", type: "sudo", target_user: "postgres", cmdline: ["/usr/bin/psql", `"unterminated`] },
+    {
+      ts: "2026-12-31T23:59:59.000Z",
+      type: "sudo",
+      target_user: "postgres",
+      cmdline: ["/usr/bin/psql", `"unterminated`],
+    },
     // Feb 30 is not a date: dropped
   ]);
 });

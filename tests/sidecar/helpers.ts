@@ -6,6 +6,7 @@ import { commandExists, isRoot, unmet } from "../helpers/requirements.ts";
 const ROOT = new URL("../../", import.meta.url).pathname;
 export const MOD = `${ROOT}mod.ts`;
 const WORLD_SERVER = new URL("./fixtures/world_server.ts", import.meta.url).pathname;
+const APP_PROBE = new URL("./fixtures/app_probe.py", import.meta.url).pathname;
 
 const TOOLS = [
   "/usr/sbin/ip",
@@ -14,6 +15,7 @@ const TOOLS = [
   "/usr/sbin/nft",
   "/usr/bin/dig",
   "/usr/bin/curl",
+  "/usr/bin/python3",
 ];
 
 export function sidecarTestsUnmet(): string | undefined {
@@ -147,9 +149,26 @@ export class Topology {
     return run(["nsenter", `--net=/run/netns/${this.pod}`, ...argv], { env });
   }
 
-  /** Runs the "app": inside `pod`, as nobody without capabilities. */
-  app(argv: string[]): Promise<Output> {
-    return run([
+  /**
+   * Runs the "app": inside `pod`, as nobody without capabilities, or with `ambientCaps` (e.g.
+   * `net_raw`, which Docker and containerd grant containers by default) to probe what they allow.
+   */
+  app(argv: string[], ambientCaps: string[] = []): Promise<Output> {
+    return run(this.#appArgv(argv, ambientCaps));
+  }
+
+  /** A long-running app process (stdout piped, stderr inherited). */
+  spawnApp(argv: string[]): Deno.ChildProcess {
+    const [command, ...args] = this.#appArgv(argv, []);
+    return new Deno.Command(command, { args, stdin: "null", stdout: "piped", stderr: "inherit" }).spawn();
+  }
+
+  #appArgv(argv: string[], ambientCaps: string[]): string[] {
+    const added = ambientCaps.map((c) => `+${c}`).join(",");
+    const caps = ambientCaps.length === 0
+      ? ["--inh-caps=-all"]
+      : [`--inh-caps=-all,${added}`, `--ambient-caps=${added}`];
+    return [
       "nsenter",
       `--net=/run/netns/${this.pod}`,
       "setpriv",
@@ -158,9 +177,22 @@ export class Topology {
       "--regid",
       "65534",
       "--clear-groups",
-      "--inh-caps=-all",
+      ...caps,
       ...argv,
-    ]);
+    ];
+  }
+
+  /** One word from fixtures/app_probe.py run as the app (see there for the modes). */
+  async probe(args: string[], ambientCaps: string[] = []): Promise<string> {
+    const r = await this.app(["/usr/bin/python3", APP_PROBE, ...args], ambientCaps);
+    if (r.code !== 0) throw new Error(`app_probe ${args.join(" ")} failed: ${r.stderr.trim()}`);
+    return r.stdout.trim();
+  }
+
+  /** Lets unprivileged users of `pod` open ICMP echo sockets (Docker's default in containers). */
+  async allowPingSockets(): Promise<void> {
+    const r = await this.inPod(["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
+    if (r.code !== 0) throw new Error(`sysctl ping_group_range failed: ${r.stderr.trim()}`);
   }
 
   /** `dig` in the app; returns the answer addresses and the status. */

@@ -91,6 +91,19 @@ testWhen(
       assert.equal(await t.connects("198.19.0.13", 8080), false);
       // A resolver the app picks itself is redirected to the proxy: NXDOMAIN, not the peer's answer.
       assert.equal((await t.dig("denied.test", "A", EXTRA4[4])).status, "NXDOMAIN");
+      // ... also over IPv6 and over TCP to a resolver of the app's choosing.
+      assert.equal((await t.dig("denied.test", "A", WORLD6)).status, "NXDOMAIN");
+      assert.equal((await t.dig("denied.test", "A", EXTRA4[4], true)).status, "NXDOMAIN");
+
+      // The proxy's mark exempts nothing for the app. Without capabilities it cannot set SO_MARK;
+      // with CAP_NET_RAW (enough for SO_MARK since Linux 5.17, and a container default) marked
+      // packets are still filtered and its marked DNS queries still reach only the proxy.
+      assert.equal(await t.probe(["somark"]), "errno 1");
+      assert.equal(await t.probe(["somark"], ["net_raw"]), "ok");
+      assert.equal(await t.probe(["marked-connect", "198.19.0.13", "8080"], ["net_raw"]), "failed");
+      assert.equal(await t.probe(["marked-connect", WORLD4, "80"], ["net_raw"]), "connected"); // allowed
+      assert.equal(await t.probe(["marked-dns", EXTRA4[4], "denied.test"], ["net_raw"]), "rcode 3");
+      assert.equal(await t.probe(["marked-dns", WORLD4, "denied.test"], ["net_raw"]), "rcode 3");
 
       // DNS over TCP, and TTL clamping into the dynamic set timeouts.
       assert.deepEqual(await t.dig("mid.test", "A", WORLD4, true), {
@@ -127,7 +140,7 @@ testWhen(
       assert.ok(status.counters.dns_queries >= 10, JSON.stringify(status));
       assert.ok(status.counters.dns_denied >= 3, JSON.stringify(status));
       assert.ok(status.counters.nft_dropped >= 6, JSON.stringify(status));
-      assert.equal(status.counters.policy_updates, 2);
+      assert.equal(status.counters.policy_updates, 1); // the startup policy is not an update
 
       // SIGTERM: exit 0, nothing of egress left.
       assert.equal(await h.stop(), 0);
@@ -176,7 +189,7 @@ testWhen(
         body: JSON.stringify({
           egress: [{ target: "fd65:6772:1::20", ports: [8080], protocol: "tcp" }, {
             target: "198.19.0.12/32",
-          }],
+          }, { target: "fd65:6772:1::11/128" }],
         }),
       });
       assert.equal(patched.status, 200, patched.body);
@@ -184,6 +197,15 @@ testWhen(
       assert.equal(await t.connects("fd65:6772:1::20", 443), false);
       assert.equal(await t.connects("198.19.0.12", 8080), true);
       assert.match(await nftSet(t, "allow6_port"), /fd65:6772:1::20 \. tcp \. 8080/);
+
+      // ICMP (ping sockets, open to every user in Docker containers) is filtered like the rest: an
+      // entry without ports and protocol admits it, others do not.
+      await t.allowPingSockets();
+      assert.equal(await t.probe(["ping", "198.19.0.12"]), "reply");
+      assert.equal(await t.probe(["ping", "198.19.0.13"]), "blocked");
+      assert.equal(await t.probe(["ping", "fd65:6772:1::11"]), "reply");
+      // (ICMPv6 ping sockets do not report the OUTPUT drop to the sender: no reply instead)
+      assert.equal(await t.probe(["ping", "fd65:6772:1::20"]), "timeout");
 
       // Deny beats allow: an address deny wins over the name allow, a name deny gives NXDOMAIN.
       assert.deepEqual((await t.dig("other.allowed.test")).addresses, ["198.19.0.30"]);
@@ -199,6 +221,10 @@ testWhen(
         body: '{"egress":[{"action":"deny","target":"other.allowed.test"}]}',
       });
       assert.equal((await t.dig("other.allowed.test")).status, "NXDOMAIN");
+      const byRule = h.stdout().trim().split("\n").map((l) => JSON.parse(l)).findLast((l) =>
+        l.name === "other.allowed.test"
+      );
+      assert.deepEqual([byRule.policy, byRule.reason, byRule.rule], ["deny", "rule matched", "other.allowed.test"]);
 
       // Policy replaced while a download runs: the download completes; the name's entries go.
       assert.deepEqual((await t.dig("allowed.test")).addresses, [WORLD4]);
@@ -399,9 +425,9 @@ testWhen(
 
 testWhen(
   SKIP,
-  "sidecar refuses the host network (EGRESS_POD_IP = EGRESS_HOST_IP) before touching anything",
+  "sidecar refuses the host network (EGRESS_POD_IP = EGRESS_HOST_IP) before touching anything, unless told",
   async () => {
-    await withTopology(async (t) => {
+    await withTopology(async (t, started) => {
       const h = await startSidecar(t, [], {
         env: { EGRESS_POD_IP: "192.0.2.10", EGRESS_HOST_IP: "192.0.2.10" },
         waitReady: false,
@@ -410,6 +436,62 @@ testWhen(
       await h.stop();
       assert.equal(status.code, 1);
       assert.match(h.stderr(), /refusing to run in the host network namespace/);
+      assert.equal(await egressLeft(t), "");
+      // told explicitly (e.g. a VM sandbox whose interface is device-backed): it runs, with a warning
+      const forced = await startSidecar(t, ["--allow-host-network"], {
+        env: { EGRESS_POD_IP: "192.0.2.10", EGRESS_HOST_IP: "192.0.2.10" },
+      });
+      started.push(forced);
+      assert.match(forced.stderr(), /WARN host network check overridden by --allow-host-network/);
+      assert.equal(await t.connects(WORLD4, 80), false);
+      assert.equal(await forced.stop(), 0);
+      started.length = 0;
+    });
+  },
+  OPTIONS,
+);
+
+testWhen(
+  SKIP,
+  "sidecar exit on an error (API port held by the app) leaves deny-all in place; the next start replaces it",
+  async () => {
+    await withTopology(async (t, started) => {
+      // The app grabs the sidecar's (unprivileged) API port, e.g. while the sidecar restarts.
+      const squatter = t.spawnApp([
+        "/usr/bin/python3",
+        "-c",
+        "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',18080))\ns.listen()\n" +
+        "print('bound',flush=True)\ntime.sleep(60)",
+      ]);
+      try {
+        const reader = squatter.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        assert.match((await reader.read()).value ?? "", /bound/);
+        reader.releaseLock();
+        const failed = await startSidecar(t, [], {
+          env: { EGRESS_POLICY: "allowed.test:80\n" },
+          waitReady: false,
+        });
+        const code = (await failed.process.status).code;
+        await failed.stop();
+        assert.equal(code, 1, failed.stderr());
+        assert.match(failed.stderr(), /Cannot start the API on 127\.0\.0\.1:18080/);
+        assert.match(failed.stderr(), /WARN enforcement left in place/);
+        const table = await t.nft(["list", "chain", "inet", "egress", "output"]);
+        assert.equal(table.code, 0, table.stderr);
+        assert.match(table.stdout, /policy drop;/);
+        assert.equal(await t.connects(WORLD4, 80), false);
+        assert.notEqual((await t.dig("allowed.test")).status, "NOERROR");
+      } finally {
+        squatter.kill("SIGKILL");
+        await squatter.status;
+        await squatter.stdout.cancel().catch(() => {});
+      }
+      const h = await startSidecar(t, [], { env: { EGRESS_POLICY: "allowed.test:80\n" } });
+      started.push(h);
+      assert.deepEqual((await t.dig("allowed.test")).addresses, [WORLD4]);
+      assert.equal(await t.connects(WORLD4, 80), true);
+      assert.equal(await h.stop(), 0);
+      started.length = 0;
       assert.equal(await egressLeft(t), "");
     });
   },

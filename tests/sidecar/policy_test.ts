@@ -174,6 +174,7 @@ Deno.test("judgeName: deny beats allow, wildcards, dns: rules grant no addresses
   const bad = judgeName(compiled, "bad.example.com");
   assert.equal(bad.policy, "deny");
   assert.equal(bad.entry?.index, 1);
+  assert.equal(bad.reason, "rule matched"); // policy.md §10.7 reasons
   const dnsOnly = judgeName(compiled, "resolve-only.net");
   assert.equal(dnsOnly.policy, "allow");
   assert.deepEqual(dnsOnly.grants, []);
@@ -229,6 +230,8 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
   const text = buildTableTransaction({
     filter: true,
     mark: 1,
+    uid: 0,
+    upstreams: [{ address: "192.0.2.53", port: 53 }, { address: "2001:db8::53", port: 5353 }],
     dnsPort: 15053,
     defaultAction: "deny",
     compiled,
@@ -241,7 +244,7 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
   const order = [
     "oif lo accept",
     "ct state established,related accept",
-    "meta mark 0x1 accept",
+    "meta mark 0x1 meta skuid 0 ip daddr . udp dport @upstream4 accept",
     "th dport 853",
     "@doh4",
     "@deny4_addr",
@@ -257,10 +260,17 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
   assert.ok(lines.includes("add element inet egress doh4 { 9.9.9.9 }"));
   assert.ok(lines.includes("add element inet egress dyn4_addr { 1.2.3.4 timeout 60s }"));
   assert.ok(lines.some((l) => l.includes("policy drop;")));
-  assert.ok(lines.includes("add rule inet egress dns_redirect meta mark 0x1 return"));
+  assert.ok(lines.includes("add rule inet egress dns_redirect meta mark 0x1 meta skuid 0 return"));
+  // the mark alone never accepts: CAP_NET_RAW can set it (see docs/sidecar.md, Limits)
+  assert.ok(!lines.some((l) => /meta mark 0x1 accept/.test(l)));
+  assert.ok(lines.includes("add element inet egress upstream4 { 192.0.2.53 . 53 }"));
+  assert.ok(lines.includes("add element inet egress upstream6 { 2001:db8::53 . 5353 }"));
+  assert.ok(lines.includes("flush set inet egress upstream6"));
   const dnsOnly = buildTableTransaction({
     filter: false,
     mark: 2,
+    uid: 7,
+    upstreams: [],
     dnsPort: 5353,
     defaultAction: "deny",
     compiled,
@@ -270,6 +280,7 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
   });
   assert.ok(!dnsOnly.includes("chain inet egress output"));
   assert.ok(dnsOnly.includes("udp dport 53 redirect to :5353"));
+  assert.ok(dnsOnly.includes("dns_redirect meta mark 0x2 meta skuid 7 return"));
   assert.ok(dnsOnly.includes("delete table inet egress"));
 });
 

@@ -1,11 +1,19 @@
-// `src/tools/` modules that must run outside Deno (the Node GitHub Action bundles `suggestPolicy`):
+// `src/tools/` and `src/packages/` modules that must run outside Deno (the Node GitHub Action bundles `suggestPolicy`):
 // their whole module graph, as `deno info --json` resolves it, has no module under `src/cli/`, no
 // `node:` import and no source using a Deno API. npm packages of the graph are not read.
 import assert from "node:assert/strict";
 
 const ROOT = new URL("../../", import.meta.url);
 const CLI_DIR = new URL("src/cli/", ROOT).href;
-const PURE_MODULES = ["src/tools/suggest.ts", "src/tools/permissions.ts", "src/tools/replay.ts"];
+const PURE_MODULES = [
+  "src/tools/suggest.ts",
+  "src/tools/permissions.ts",
+  "src/tools/replay.ts",
+  // extras.md: web-standard only, so the checks can run wherever the proxy logic does
+  "src/packages/purl.ts",
+  "src/packages/token_tagging.ts",
+  "src/packages/reputation.ts",
+];
 
 type GraphModule = {
   kind?: string;

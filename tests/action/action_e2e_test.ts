@@ -1,0 +1,187 @@
+// The bundled action end to end, without GitHub: pre and post run with Node as steps of a simulated
+// runner (a fake Runner.Worker in a test cgroup, inside a test network namespace), every system
+// path under a temporary root. pre starts the real daemon (`egress start --runner`), a curl step is
+// denied, the sub-actions toggle sudo, post shuts the daemon down, writes the summary and uploads
+// the log to a fake artifact service.
+import assert from "node:assert/strict";
+import { sendControlCommand } from "../../src/control/client.ts";
+import { findNode, WRAPPER_MARKER } from "../../src/runner/runc_wrapper.ts";
+import { createTopology, netnsTestsUnmet, run } from "../helpers/netns.ts";
+import { testWhen } from "../helpers/requirements.ts";
+import { FakeRunner, NOBODY } from "../runner/fake_runner.ts";
+import { fakeRuntimeToken, startFakeResults, unzip } from "./fake_results.ts";
+import {
+  ACTION,
+  BUNDLE,
+  createSimulatedRunner,
+  output,
+  parseFileCommands,
+  RUNC,
+  SUDOERS,
+} from "./sim_runner.ts";
+
+const repo = new URL("../../", import.meta.url).pathname;
+const NODE = findNode("/usr/local/bin:/usr/bin:/bin");
+
+async function read(path: string): Promise<string | undefined> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch {
+    return undefined;
+  }
+}
+
+testWhen(
+  netnsTestsUnmet(["/usr/bin/curl"]) ?? (NODE ? undefined : "needs node"),
+  "action: bundled pre/post on a simulated runner start, enforce, report and restore",
+  async () => {
+    const topology = await createTopology("act");
+    const runner = await FakeRunner.create("act");
+    const results = startFakeResults();
+    let sim: Awaited<ReturnType<typeof createSimulatedRunner>> | undefined;
+    let daemonRunning = false;
+    try {
+      sim = await createSimulatedRunner(runner, NODE!, { warm: true });
+      const { root, paths, files, env } = sim;
+      // pre: a step of the simulated runner, inside the runner namespace.
+      const started = performance.now();
+      const pre = await output(
+        runner.step([NODE!, `${repo}action/dist/pre.cjs`], { env, netns: topology.runner.path }),
+      );
+      const preMs = performance.now() - started;
+      assert.equal(pre.code, 0, `pre failed:\n${pre.stdout}\n${pre.stderr}`);
+      daemonRunning = true;
+      assert.match(pre.stdout, /egress: Deno \d+\.\d+\.\d+ from the cache/);
+      assert.match(pre.stdout, /egress: enforcing in \d+ ms/);
+      console.log(`pre took ${preMs.toFixed(0)} ms (warm cache)`);
+
+      const exported = parseFileCommands(await Deno.readTextFile(files.env));
+      assert.deepEqual(exported, {
+        NODE_EXTRA_CA_CERTS: paths.caShared,
+        SSL_CERT_FILE: paths.systemCaBundle,
+        REQUESTS_CA_BUNDLE: paths.systemCaBundle,
+        AWS_CA_BUNDLE: paths.systemCaBundle,
+        HEX_CACERTS_PATH: paths.systemCaBundle,
+      });
+      const state = parseFileCommands(await Deno.readTextFile(files.state));
+      assert.match(state["control-token"], /^[0-9a-f]{48}$/);
+      assert.ok(pre.stdout.includes(`::add-mask::${state["control-token"]}`), "the token is masked");
+      const status = await sendControlCommand(`${root}/run/egress.sock`, "status");
+      assert.equal(status.ok, true, status.text);
+      assert.match(status.text, /"mode":"enforce","state":"running"/);
+      assert.equal(await read(paths.sudoersRunner), "", "sudo disabled");
+      assert.equal(await read(paths.usernsClone), "0\n");
+      assert.ok((await read(paths.systemCaBundle))!.startsWith(BUNDLE + "-----BEGIN CERTIFICATE-----"));
+      assert.equal((await read(paths.runc))?.split("\n")[1], WRAPPER_MARKER);
+
+      // main
+      const main = await output(runner.step([NODE!, `${repo}action/dist/main.cjs`], { env }));
+      assert.match(
+        main.stdout,
+        new RegExp(
+          `^egress: enforce, \\d+ rules \\(\\d+ built-in\\), log ${root}/var/log/egress/connections.jsonl\\n$`,
+        ),
+      );
+
+      // A step whose connection the policy denies.
+      const curl = await output(runner.step(
+        [
+          "curl",
+          "-s",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_code}",
+          "--max-time",
+          "10",
+          `http://${topology.internetIp}:8080/blocked?token=secret`,
+        ],
+        { env: { GITHUB_ACTION: "__run_2" }, netns: topology.runner.path, uid: NOBODY },
+      ));
+      assert.equal(curl.stdout, "403", curl.stderr);
+
+      // The sub-actions, run by the runner user (here: nobody) as steps of our action repository.
+      const workDir = `${root}/tmp/egress`;
+      await Deno.chown(workDir, NOBODY, NOBODY);
+      await Deno.chown(`${workDir}/control-token`, NOBODY, NOBODY);
+      const subEnv = {
+        RUNNER_TEMP: `${root}/tmp`,
+        EGRESS_TEST_ROOT: root,
+        GITHUB_ACTION: "__owner_egress_1",
+        GITHUB_ACTION_REPOSITORY: ACTION,
+      };
+      const enable = await output(
+        runner.step([NODE!, `${repo}enable-sudo/dist/index.cjs`], { env: subEnv, uid: NOBODY }),
+      );
+      assert.equal(enable.stdout, "✓ sudo enabled\n", enable.stderr);
+      assert.equal(await read(paths.sudoersRunner), SUDOERS);
+      const forged = await output(runner.step([NODE!, `${repo}disable-sudo/dist/index.cjs`], {
+        env: { ...subEnv, GITHUB_ACTION_REPOSITORY: "someone/else" },
+        uid: NOBODY,
+      }));
+      assert.equal(forged.code, 1);
+      assert.match(
+        forged.stdout,
+        /^::error::error: unauthorized \(action someone\/else is not owner\/egress\)/,
+      );
+      const disable = await output(
+        runner.step([NODE!, `${repo}disable-sudo/dist/index.cjs`], { env: subEnv, uid: NOBODY }),
+      );
+      assert.equal(disable.stdout, "✓ sudo disabled\n");
+      assert.equal(await read(paths.sudoersRunner), "");
+
+      // post: status, shutdown, summary, artifact, verdict (denied in enforce mode ⇒ fails).
+      const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
+      const post = await output(runner.step([NODE!, `${repo}action/dist/post.cjs`], {
+        env: {
+          ...env,
+          ...stateEnv,
+          ACTIONS_RUNTIME_TOKEN: fakeRuntimeToken(),
+          ACTIONS_RESULTS_URL: results.url,
+        },
+      }));
+      daemonRunning = false;
+      assert.equal(post.code, 1, `${post.stdout}\n${post.stderr}`);
+      assert.match(post.stdout, /^::error::egress denied 1 connection \(see the job summary\)$/m);
+      assert.match(post.stdout, /uploaded the connection log as artifact egress-connections/);
+      assert.doesNotMatch(post.stdout, /egress was not running|did not shut down|degraded/);
+
+      const summary = await Deno.readTextFile(files.summary);
+      assert.match(summary, /Mode: \*\*enforce\*\* · allowed: \*\*\d+\*\* · denied: \*\*1\*\*/);
+      assert.ok(summary.includes("### Step `__run_2`"), summary);
+      assert.ok(
+        summary.includes(
+          `| ❌ denied | \`http://${topology.internetIp}:8080/blocked\` | \`/usr/bin/curl\` |`,
+        ),
+        summary,
+      );
+      assert.ok(summary.includes("### Suggested policy"));
+      const log = (await read(`${root}/var/log/egress/connections.jsonl`))!;
+      const denied = log.trim().split("\n").map((l) => JSON.parse(l)).filter((l) => l.policy === "deny");
+      assert.equal(denied.length, 1);
+      assert.equal(denied[0].url, `http://${topology.internetIp}:8080/blocked?token=***`);
+      assert.equal(denied[0].step, "__run_2");
+      const zip = await unzip(results.received.blob!);
+      assert.deepEqual(Object.keys(zip), ["connections.jsonl"]);
+      assert.equal(zip["connections.jsonl"], log);
+
+      // Everything restored, every rule removed.
+      assert.equal(await read(paths.sudoersRunner), SUDOERS);
+      assert.equal(await read(paths.usernsClone), "1\n");
+      assert.equal(await read(paths.systemCaBundle), BUNDLE);
+      assert.equal(await read(paths.runc), RUNC);
+      assert.equal(await read(paths.caShared), undefined);
+      assert.equal(await read(`${root}/run/egress.sock`), undefined);
+      assert.equal(await read(`${root}/run/egress.ready`), undefined);
+      const rules = await run([...topology.runner.prefix(), "iptables-save"]);
+      assert.doesNotMatch(rules.stdout, /EGRESS/);
+    } finally {
+      if (daemonRunning) await sendControlCommand(`${sim!.root}/run/egress.sock`, "shutdown").catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, daemonRunning ? 2000 : 0));
+      await results.close();
+      await runner.remove();
+      await topology.remove();
+      await sim?.remove();
+    }
+  },
+);
