@@ -154,3 +154,46 @@ export function probeBpfProgramLoad(probe: {
   libc().close(fd);
   return 0;
 }
+
+const BPF_MAP_LOOKUP_ELEM = 1;
+const BPF_OBJ_PIN = 6;
+const BPF_OBJ_GET = 7;
+
+function pointerValue(buffer: Uint8Array<ArrayBuffer>): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+}
+
+/** bpf(BPF_OBJ_PIN): pins a BPF object (here: a map) by fd at a bpffs path. Throws OsError. */
+export function bpfObjPin(fd: number, path: string): void {
+  const pathname = cString(path);
+  const attr = new Uint8Array(BPF_ATTR_SIZE);
+  const view = new DataView(attr.buffer);
+  view.setBigUint64(0, pointerValue(pathname), true);
+  view.setUint32(8, fd, true);
+  const result = Number(libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_OBJ_PIN), attr, BigInt(BPF_ATTR_SIZE)));
+  if (result < 0) throw new OsError(`pin BPF object at ${path}`, errno());
+}
+
+/** bpf(BPF_OBJ_GET): opens a pinned BPF object; returns its fd. Throws OsError. */
+export function bpfObjGet(path: string): number {
+  const pathname = cString(path);
+  const attr = new Uint8Array(BPF_ATTR_SIZE);
+  new DataView(attr.buffer).setBigUint64(0, pointerValue(pathname), true);
+  const fd = Number(libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_OBJ_GET), attr, BigInt(BPF_ATTR_SIZE)));
+  if (fd < 0) throw new OsError(`open pinned BPF object ${path}`, errno());
+  return fd;
+}
+
+/** bpf(BPF_MAP_LOOKUP_ELEM) on a map fd: fills `value`; false when the key is absent. */
+export function bpfMapLookup(fd: number, key: Uint8Array<ArrayBuffer>, value: Uint8Array<ArrayBuffer>): boolean {
+  const attr = new Uint8Array(BPF_ATTR_SIZE);
+  const view = new DataView(attr.buffer);
+  view.setUint32(0, fd, true);
+  view.setBigUint64(8, pointerValue(key), true);
+  view.setBigUint64(16, pointerValue(value), true);
+  const result = Number(libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_MAP_LOOKUP_ELEM), attr, BigInt(BPF_ATTR_SIZE)));
+  if (result === 0) return true;
+  const code = errno();
+  if (code === ENOENT) return false;
+  throw new OsError(`look up in BPF map fd ${fd}`, code);
+}

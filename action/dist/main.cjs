@@ -1162,13 +1162,12 @@ function compileHostPattern(pattern) {
   const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
-var HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
-var PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+var HOSTNAME = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
+var PATTERN_AS_NAME = /^[a-z0-9_*-]+(?:\.[a-z0-9_*-]+)*$/;
 function compiledHostMatches(compiled, hostname2, asPattern = false) {
   if (compiled.form === "exact") return compiled.name === hostname2;
+  if (!(asPattern ? PATTERN_AS_NAME : HOSTNAME).test(hostname2)) return false;
   const labels = hostname2.split(".");
-  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
-  if (labels.some((label2) => !valid.test(label2))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -1923,7 +1922,9 @@ var isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
 function rejectUnknownKeys(value2, known, what) {
   for (const key2 of Object.keys(value2)) {
     if (!known.includes(key2)) {
-      throw new TypeError(`Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`);
+      throw new TypeError(
+        `Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`
+      );
     }
   }
 }

@@ -1505,13 +1505,12 @@ function compileHostPattern(pattern) {
   const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
-var HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
-var PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+var HOSTNAME = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
+var PATTERN_AS_NAME = /^[a-z0-9_*-]+(?:\.[a-z0-9_*-]+)*$/;
 function compiledHostMatches(compiled, hostname2, asPattern = false) {
   if (compiled.form === "exact") return compiled.name === hostname2;
+  if (!(asPattern ? PATTERN_AS_NAME : HOSTNAME).test(hostname2)) return false;
   const labels = hostname2.split(".");
-  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
-  if (labels.some((label2) => !valid.test(label2))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -4201,9 +4200,9 @@ function normalizeName(name) {
   return lower.endsWith(".") ? lower.slice(0, -1) : lower;
 }
 var LABEL = "[a-z0-9](?:[a-z0-9-]*[a-z0-9])?";
-var HOSTNAME = new RegExp(`^(?:${LABEL}\\.)+[a-z][a-z0-9]*$`);
+var HOSTNAME2 = new RegExp(`^(?:${LABEL}\\.)+[a-z][a-z0-9]*$`);
 function isPolicyHostname(name) {
-  if (!HOSTNAME.test(name)) return false;
+  if (!HOSTNAME2.test(name)) return false;
   const labels = name.split(".");
   return !(labels.length >= 4 && labels.slice(0, 4).every((l) => /^\d+$/.test(l)));
 }
@@ -4389,12 +4388,16 @@ function processAlive(pid) {
 async function runPost(options) {
   const env = options.env ?? import_node_process6.default.env;
   const paths = actionPaths(env);
+  if (getState("started", env) !== "true") {
+    emit("egress: the daemon was not started in pre; nothing to do");
+    return { failures: [], uploaded: false, summary: "", counts: { allowed: 0, denied: 0, errors: 0 } };
+  }
   const inputs = readInputs(env);
   const failures = [];
   const notes = [];
-  const token = getState("control-token", env);
+  const token = getState("control_token", env);
   const audit = getState("audit", env) === "true" || inputs.audit;
-  const pid = Number(getState("daemon-pid", env));
+  const pid = Number(getState("daemon_pid", env));
   let state = "unknown";
   try {
     const reply = await sendCommand(paths.controlSocket, "status", "", 1e4);
@@ -4419,7 +4422,7 @@ async function runPost(options) {
       )
     );
     try {
-      const deno = env.EGRESS_DENO || "deno";
+      const deno = getState("deno", env) || "deno";
       const stop = asRoot([deno, "run", "-A", paths.entry, "stop", "--control-socket", paths.controlSocket]);
       (0, import_node_child_process2.execFileSync)(stop[0], stop.slice(1), { stdio: "inherit", timeout: 3e4 });
       stopped = true;

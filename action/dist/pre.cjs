@@ -1292,13 +1292,12 @@ function compileHostPattern(pattern) {
   const indexKey = first.includes("*") ? base.join(".") : labels.join(".");
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
-var HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
-var PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+var HOSTNAME = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
+var PATTERN_AS_NAME = /^[a-z0-9_*-]+(?:\.[a-z0-9_*-]+)*$/;
 function compiledHostMatches(compiled, hostname2, asPattern = false) {
   if (compiled.form === "exact") return compiled.name === hostname2;
+  if (!(asPattern ? PATTERN_AS_NAME : HOSTNAME).test(hostname2)) return false;
   const labels = hostname2.split(".");
-  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
-  if (labels.some((label2) => !valid.test(label2))) return false;
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;
@@ -2053,7 +2052,9 @@ var isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
 function rejectUnknownKeys(value2, known, what) {
   for (const key2 of Object.keys(value2)) {
     if (!known.includes(key2)) {
-      throw new TypeError(`Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`);
+      throw new TypeError(
+        `Cannot parse policy: ${what} has an unknown key "${key2}" (known: ${known.join(", ")})`
+      );
     }
   }
 }
@@ -2674,7 +2675,8 @@ async function runPre(options = {}) {
   child.stdin.end(inputs.policy);
   child.unref();
   saveState("started", "true", env);
-  saveState("daemon-pid", String(child.pid ?? ""), env);
+  saveState("deno", deno.path, env);
+  saveState("daemon_pid", String(child.pid ?? ""), env);
   saveState("audit", String(inputs.audit), env);
   const timeout = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
   const deadline = Date.now() + timeout;
@@ -2692,12 +2694,12 @@ ${details}
   const token = readPrivileged((0, import_node_path3.join)(paths.stateDir, "control-token"))?.trim();
   if (!token) throw new StepFailure(`Cannot read the control token from ${paths.stateDir}`);
   setSecret(token);
-  saveState("control-token", token, env);
+  saveState("control_token", token, env);
   const tokenCopy = (0, import_node_path3.join)(paths.workDir, "control-token");
   (0, import_node_fs4.writeFileSync)(tokenCopy, token + "\n", { mode: 384 });
   (0, import_node_fs4.chmodSync)(tokenCopy, 384);
   for (const [name, value2] of Object.entries(caEnvironment(paths.system))) exportVariable(name, value2, env);
-  saveState("ready-ms", String(Date.now() - started), env);
+  saveState("ready_ms", String(Date.now() - started), env);
   emit(`egress: enforcing in ${Date.now() - started} ms${inputs.audit ? " (audit mode)" : ""}`);
 }
 

@@ -46,12 +46,17 @@ function processAlive(pid: number): boolean {
 export async function runPost(options: PostOptions): Promise<PostOutcome> {
   const env = options.env ?? process.env;
   const paths = actionPaths(env);
+  if (getState("started", env) !== "true") {
+    // pre failed before starting the daemon and has said why; there is nothing to stop or report.
+    emit("egress: the daemon was not started in pre; nothing to do");
+    return { failures: [], uploaded: false, summary: "", counts: { allowed: 0, denied: 0, errors: 0 } };
+  }
   const inputs = readInputs(env);
   const failures: string[] = [];
   const notes: string[] = [];
-  const token = getState("control-token", env);
+  const token = getState("control_token", env);
   const audit = getState("audit", env) === "true" || inputs.audit;
-  const pid = Number(getState("daemon-pid", env));
+  const pid = Number(getState("daemon_pid", env));
 
   // 1. status, then shutdown.
   let state = "unknown";
@@ -78,7 +83,7 @@ export async function runPost(options: PostOptions): Promise<PostOutcome> {
       ),
     );
     try {
-      const deno = env.EGRESS_DENO || "deno";
+      const deno = getState("deno", env) || "deno";
       const stop = asRoot([deno, "run", "-A", paths.entry, "stop", "--control-socket", paths.controlSocket]);
       execFileSync(stop[0], stop.slice(1), { stdio: "inherit", timeout: 30_000 });
       stopped = true;

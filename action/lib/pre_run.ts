@@ -188,7 +188,8 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   child.stdin!.end(inputs.policy);
   child.unref();
   saveState("started", "true", env);
-  saveState("daemon-pid", String(child.pid ?? ""), env);
+  saveState("deno", deno.path, env);
+  saveState("daemon_pid", String(child.pid ?? ""), env);
   saveState("audit", String(inputs.audit), env);
 
   const timeout = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
@@ -209,7 +210,7 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   const token = readPrivileged(join(paths.stateDir, "control-token"))?.trim();
   if (!token) throw new StepFailure(`Cannot read the control token from ${paths.stateDir}`);
   setSecret(token);
-  saveState("control-token", token, env);
+  saveState("control_token", token, env);
   // The sub-actions (disable-sudo, enable-sudo) are separate actions without access to this state:
   // they read a runner-owned copy (0600). The daemon still requires the trusted action context.
   const tokenCopy = join(paths.workDir, "control-token");
@@ -217,6 +218,6 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   chmodSync(tokenCopy, 0o600);
 
   for (const [name, value] of Object.entries(caEnvironment(paths.system))) exportVariable(name, value, env);
-  saveState("ready-ms", String(Date.now() - started), env);
+  saveState("ready_ms", String(Date.now() - started), env);
   emit(`egress: enforcing in ${Date.now() - started} ms${inputs.audit ? " (audit mode)" : ""}`);
 }

@@ -299,7 +299,18 @@ async function redirect(rig: Rig, action: "-A" | "-D", port: number) {
 
 // ---------------------------------------------------------------- proxies under test
 
-type Proxy = { pid: number; clientCa: string; readyMs: number; stop(): Promise<void> };
+type Proxy = { pid: number; clientCa: string; readyMs: number; notes?: string[]; stop(): Promise<void> };
+
+/** The daemon's own startup timings ("startup: <step>: done in 12.3 ms") from its operational log. */
+async function startupSteps(oplog: string): Promise<string | undefined> {
+  const text = await Deno.readTextFile(oplog).catch(() => "");
+  const matches = [...text.matchAll(/startup: (.+?): done in ([\d.]+) ms/g)];
+  const total = matches.reduce((sum, m) => sum + Number(m[2]), 0);
+  const steps = matches.map((m) => `${m[1]} ${m[2]}`);
+  return steps.length
+    ? `egress startup steps (ms, ${total.toFixed(0)} in all; the rest of start-to-ready is Deno start-up and module loading): ${steps.join(", ")}`
+    : undefined;
+}
 
 /** Starts a process with a raised fd limit inside the client namespace (exec chain: pid is the process). */
 function spawnInClientNs(rig: Rig, argv: string[], env?: Record<string, string>): Background {
@@ -363,7 +374,8 @@ async function startEgress(rig: Rig): Promise<Proxy> {
   const readyMs = performance.now() - started;
   const clientCa = `${base}/ca-for-clients.pem`;
   await copyReadable(`${stateDir}/ca.pem`, clientCa);
-  return { pid: daemon.pid, clientCa, readyMs, stop };
+  const steps = await startupSteps(`${base}/log/egress.log`);
+  return { pid: daemon.pid, clientCa, readyMs, stop, notes: steps ? [steps] : [] };
 }
 
 async function startMitmproxy(rig: Rig): Promise<Proxy> {
@@ -810,6 +822,7 @@ async function main(): Promise<number> {
       const result = await measure(rig, name, proxy.pid, proxy.clientCa);
       result.readyMs = proxy.readyMs;
       result.baseline = baseline;
+      result.notes.push(...(proxy.notes ?? []));
       results[name] = result;
     } catch (error) {
       failures.push(`${name}: ${(error as Error).message.split("\n").slice(0, 6).join(" | ")}`);

@@ -11,7 +11,10 @@ const esbuild = await import(esbuildMain);
 const npmBuildPlugin = {
   name: "egress-npm-build",
   setup(build) {
-    build.onResolve({ filter: /[/\\]policy_library(\.ts)?$/ }, () => ({ path: "policy-library", namespace: "npm-build" }));
+    build.onResolve(
+      { filter: /[/\\]policy_library(\.ts)?$/ },
+      () => ({ path: "policy-library", namespace: "npm-build" }),
+    );
     build.onLoad({ filter: /.*/, namespace: "npm-build" }, () => ({
       contents: readFileSync(npmBundle, "utf8"),
       loader: "js",

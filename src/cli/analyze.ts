@@ -203,8 +203,18 @@ function printSection(title: string, findings: Finding[]) {
         f.rule_location !== undefined ? ` [${f.rule_location}]` : ""
       }`;
     } else verdict = f.reason ?? "";
-    console.log(`  ${f.destination}${context ? `  ${context}` : ""}  ×${f.count}  ${verdict}`);
+    console.log(printable(`  ${f.destination}${context ? `  ${context}` : ""}  ×${f.count}  ${verdict}`));
   }
+}
+
+// Control characters, line and paragraph separators and bidi overrides. Log fields (exe paths,
+// DNS names, URLs) come from the workload: raw, they could forge rows or rewrite the terminal.
+// deno-lint-ignore no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** The text with every unprintable character written as a `\uXXXX` escape. */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 function formatProcess(p: Finding["process"]): string {

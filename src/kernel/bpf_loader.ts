@@ -337,6 +337,11 @@ export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
       "/sys/kernel/btf/vmlinux is missing (kernel built without CONFIG_DEBUG_INFO_BTF)",
     );
   }
+  try {
+    setLibbpfLogHandler(undefined); // opens libbpf.so.1 now, so a missing library is named as such
+  } catch (error) {
+    throw new BpfLoadError("libbpf.so.1", (error as Error).message);
+  }
   const cgroup = resolveCgroup(options.cgroup ?? "/");
   const objectDir = options.objectDir ?? defaultObjectDir();
   const wantDeny = options.deny ?? true;

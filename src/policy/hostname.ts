@@ -29,11 +29,11 @@ export function compileHostPattern(pattern: string): HostPattern {
   return { form: subdomain ? "subdomain" : "label", first, base, indexKey };
 }
 
-// Labels of real (lower-cased) names: LDH plus "_", which service names such as _dmarc use.
-const HOSTNAME_LABEL = /^[a-z0-9_-]+$/;
+// Real (lower-cased) names: non-empty labels of LDH plus "_", which service names such as _dmarc use.
+const HOSTNAME = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
 
 // The same with "*": a wildcard pattern treated as a name, for the cross-rule overlap checks only.
-const PATTERN_LABEL = /^[a-z0-9_*-]+$/;
+const PATTERN_AS_NAME = /^[a-z0-9_*-]+(?:\.[a-z0-9_*-]+)*$/;
 
 /**
  * `hostname` must already be normalised (see `normalizeHostname`). `asPattern` lets `hostname` be
@@ -41,11 +41,10 @@ const PATTERN_LABEL = /^[a-z0-9_*-]+$/;
  */
 export function compiledHostMatches(compiled: HostPattern, hostname: string, asPattern = false): boolean {
   if (compiled.form === "exact") return compiled.name === hostname;
-  const labels = hostname.split(".");
-  const valid = asPattern ? PATTERN_LABEL : HOSTNAME_LABEL;
   // A name with an empty label or a character no hostname has (`:`, `@`, `/`, `%`, NUL, …) is
   // malformed: wildcards never vouch for it (`*.x.com` must not match `evil.com:80@a.x.com`).
-  if (labels.some((label) => !valid.test(label))) return false;
+  if (!(asPattern ? PATTERN_AS_NAME : HOSTNAME).test(hostname)) return false;
+  const labels = hostname.split(".");
   const n = compiled.base.length;
   if (compiled.form === "label" ? labels.length !== n + 1 : labels.length < n + 2) return false;
   const offset = labels.length - n;

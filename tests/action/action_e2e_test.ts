@@ -64,8 +64,8 @@ testWhen(
         HEX_CACERTS_PATH: paths.systemCaBundle,
       });
       const state = parseFileCommands(await Deno.readTextFile(files.state));
-      assert.match(state["control-token"], /^[0-9a-f]{48}$/);
-      assert.ok(pre.stdout.includes(`::add-mask::${state["control-token"]}`), "the token is masked");
+      assert.match(state.control_token, /^[0-9a-f]{48}$/);
+      assert.ok(pre.stdout.includes(`::add-mask::${state.control_token}`), "the token is masked");
       const status = await sendControlCommand(`${root}/run/egress.sock`, "status");
       assert.equal(status.ok, true, status.text);
       assert.match(status.text, /"mode":"enforce","state":"running"/);

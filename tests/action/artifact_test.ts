@@ -89,6 +89,7 @@ Deno.test("post: uses the injected uploader per upload-log; failures are warning
     );
     await Deno.writeTextFile(`${root}/summary.md`, "");
     const base = {
+      STATE_started: "true",
       EGRESS_TEST_ROOT: root,
       RUNNER_TEMP: `${root}/tmp`,
       GITHUB_STEP_SUMMARY: `${root}/summary.md`,
@@ -127,6 +128,12 @@ Deno.test("post: uses the injected uploader per upload-log; failures are warning
     });
     assert.equal(failing.uploaded, false, "a failed upload is a warning, not a failure");
     assert.ok(!failing.failures.some((f) => f.includes("service down")));
+
+    const notStarted = await runPost({
+      env: { ...base, STATE_started: "" },
+      uploader: () => Promise.reject(new Error("must not be called")),
+    });
+    assert.deepEqual(notStarted.failures, [], "pre failed and said why; post adds nothing");
   } finally {
     await Deno.remove(root, { recursive: true });
   }

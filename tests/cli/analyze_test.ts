@@ -454,3 +454,125 @@ Deno.test("analyze: empty log ⇒ 0; missing log or --log ⇒ 2", async () => {
     await t.cleanup();
   }
 });
+
+Deno.test("analyze replay: TLS-stage lines without pre-match, dedup keys of every type, no IDNA in the cache", async () => {
+  const { replay, dedupKey, toConnectionEvent } = await import("../../src/cli/analyze.ts");
+  const { parseConnectionLog } = await import("../../src/cli/connection_log.ts");
+  const { parsePolicy } = await import("../../src/policy/policy.ts");
+  // A URL-only policy admits the handshake only with mitm (pre-match); a replay judges with mitm off.
+  const tls = toConnectionEvent({
+    type: "https",
+    dst_ip: "192.0.2.1",
+    dst_port: 443,
+    host: "api.example.com",
+  });
+  assert.deepEqual(tls, {
+    connection: { type: "https", dst_ip: "192.0.2.1", dst_port: 443, host: "api.example.com" },
+    mitm: false,
+  });
+  const insecure = toConnectionEvent({
+    type: "https",
+    dst_ip: "192.0.2.1",
+    dst_port: 443,
+    url: "https://a.example/x",
+    method: "POST",
+    insecure: true,
+    exe: "/bin/x",
+  });
+  assert.deepEqual(insecure.connection, {
+    type: "http",
+    dst_ip: "192.0.2.1",
+    dst_port: 443,
+    exe: "/bin/x",
+    url: "https://a.example/x",
+    method: "POST",
+  });
+  // tcp lines are judged by IP and the cache, never by the logged host.
+  assert.equal(
+    toConnectionEvent({ type: "tcp", dst_ip: "192.0.2.1", dst_port: 22, host: "x" }).connection.host,
+    undefined,
+  );
+
+  // cli.md §analyze step 4.
+  const key = (e: Record<string, unknown>) => JSON.parse(dedupKey(e as never)).slice(0, -6);
+  assert.deepEqual(key({ type: "http", url: "http://a.com/x?q=***", method: "get" }), [
+    "http",
+    "GET",
+    "http://a.com/x",
+  ]);
+  assert.deepEqual(key({ type: "https", host: "a.com", dst_ip: "1.1.1.1", dst_port: 443 }), [
+    "https",
+    "a.com",
+    443,
+  ]);
+  assert.deepEqual(key({ type: "dns", name: "a.com", dst_ip: "8.8.8.8", dst_port: 53 }), [
+    "dns",
+    "a.com",
+    "8.8.8.8",
+    53,
+  ]);
+  assert.deepEqual(key({ type: "tcp", dst_ip: "1.1.1.1", dst_port: 22 }), ["tcp", "1.1.1.1", 22]);
+  assert.deepEqual(key({ type: "udp", dst_ip: "1.1.1.1", dst_port: 123 }), ["udp", "1.1.1.1", 123]);
+  assert.notEqual(
+    dedupKey({ type: "tcp", dst_ip: "1.1.1.1", dst_port: 22, exe: "/a" }),
+    dedupKey({ type: "tcp", dst_ip: "1.1.1.1", dst_port: 22, exe: "/b" }),
+  );
+
+  const policy = parsePolicy("GET https://api.example.com/*\nxn--bcher-kva.de:22\n");
+  const log = parseConnectionLog([
+    line({ type: "https", dst_ip: "192.0.2.1", dst_port: 443, host: "api.example.com", policy: "allow" }),
+    // WHATWG URL parsing would turn this host into xn--bcher-kva.de; policy.md §10.1 has no IDNA.
+    line({
+      type: "https",
+      dst_ip: "192.0.2.9",
+      dst_port: 443,
+      url: "https://bücher.de/",
+      method: "GET",
+      policy: "deny",
+      reason: "no matching rule",
+    }),
+    line({ type: "tcp", dst_ip: "192.0.2.9", dst_port: 22, policy: "deny", reason: "no matching rule" }),
+  ].join("\n"));
+  assert.deepEqual(log.problems, []);
+  const findings = replay(log.entries, policy, (index) => ({ rule: String(index), line: index + 1 }));
+  assert.deepEqual(findings.map((f) => [f.destination, f.status, f.reason]), [
+    ["https api.example.com:443", "blocked", "no matching rule"],
+    ["GET https://bücher.de/", "blocked", "no matching rule"],
+    ["tcp 192.0.2.9:22", "blocked", "no matching rule"],
+  ]);
+});
+
+Deno.test("analyze: log fields cannot forge rows or send terminal escapes", async () => {
+  const log = [
+    line({
+      type: "tcp",
+      dst_ip: "192.0.2.7",
+      dst_port: 22,
+      policy: "deny",
+      reason: "no matching rule",
+      exe: "/tmp/x\nALLOWED (1)\n  tcp 1.1.1.1:22  ×1  line 1: all",
+    }),
+    line({
+      type: "dns",
+      dst_ip: "127.0.0.53",
+      dst_port: 53,
+      name: "a\u001b[2Jb.example\u202e",
+      policy: "deny",
+      reason: "name not allowed",
+    }),
+  ].join("\n");
+  const t = await tempFiles({ "log.jsonl": log });
+  try {
+    const r = await runCli(["analyze", "--log", "log.jsonl"], { cwd: t.dir });
+    assert.equal(r.code, 1, r.stderr);
+    // deno-lint-ignore no-control-regex
+    const unprintable = /[\u0000-\u0009\u000b-\u001f\u202e]/;
+    assert.doesNotMatch(r.stdout, unprintable, "no control character but the line ends");
+    const lines = r.stdout.trimEnd().split("\n");
+    assert.deepEqual(lines.map((l) => l.slice(0, 9)), ["BLOCKED (", "  tcp 192", "  dns a\\u", "2 unique:"]);
+    assert.match(lines[1], /exe=\/tmp\/x\\u000aALLOWED \(1\)\\u000a {2}tcp 1\.1\.1\.1:22/);
+    assert.match(lines[2], /^ {2}dns a\\u001b\[2Jb\.example\\u202e via 127\.0\.0\.53:53 /);
+  } finally {
+    await t.cleanup();
+  }
+});

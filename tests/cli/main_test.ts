@@ -35,7 +35,7 @@ Deno.test("main: no command or an unknown one ⇒ usage on stderr, 2", async () 
 
 Deno.test("main: every listed command dispatches to its own help", async () => {
   const { USAGE } = await import("../../src/cli/main.ts");
-  const listed = [...USAGE.matchAll(/^  ([a-z]+) {2,}/gm)].map((m) => m[1]);
+  const listed = [...USAGE.matchAll(/^ {2}([a-z]+) {2,}/gm)].map((m) => m[1]);
   assert.ok(listed.length >= 10, listed.join(","));
   for (const command of listed) {
     const r = await runCli([command, "--help"]);

@@ -1,6 +1,8 @@
-// Control socket protocol limits and the stop/status commands against a real socket (no root).
+// Control socket protocol limits and the stop/status commands against a real socket. The server
+// authenticates by peer credentials: commands other than `status` need root (outside runner mode).
 import assert from "node:assert/strict";
-import { ControlServer } from "../../src/control/server.ts";
+import { type PeerAnswer, PeerControlServer } from "../../src/control/peer_server.ts";
+import { needsRoot, testWhen } from "../helpers/requirements.ts";
 import { sendControlCommand } from "../../src/control/client.ts";
 import { parseReply, parseRequest } from "../../src/control/protocol.ts";
 import { runStatus } from "../../src/cli/status.ts";
@@ -8,13 +10,18 @@ import { runStop } from "../../src/cli/stop.ts";
 import { runGuarded } from "../../src/cli/main.ts";
 
 async function withServer(
-  handler: ConstructorParameters<typeof Object>[0],
-  fn: (path: string, server: ControlServer) => Promise<void>,
+  handler: (command: string, args: string[]) => PeerAnswer,
+  fn: (path: string, server: PeerControlServer) => Promise<void>,
   timeoutMs = 5000,
 ) {
   const dir = await Deno.makeTempDir({ prefix: "egress-control-" });
   const path = `${dir}/c.sock`;
-  const server = await ControlServer.listen({ path, handler, requestTimeoutMs: timeoutMs });
+  const server = await PeerControlServer.listen({
+    path,
+    handler,
+    requestTimeoutMs: timeoutMs,
+    authentication: { runner: false, contextOf: () => ({}) },
+  });
   try {
     await fn(path, server);
   } finally {
@@ -41,7 +48,7 @@ async function raw(path: string, bytes: Uint8Array, close = false): Promise<stri
 
 const echo = (command: string, args: string[]) => ({ reply: `ok: ${command}|${args.join(",")}` });
 
-Deno.test("control: one line in, one line out; request words parsed", async () => {
+testWhen(needsRoot(), "control: one line in, one line out; request words parsed", async () => {
   await withServer(echo, async (path) => {
     assert.deepEqual(await sendControlCommand(path, "status"), { ok: true, text: "status|" });
     assert.equal(await raw(path, new TextEncoder().encode("  reload   tok\r\n")), "ok: reload|tok\n");
@@ -55,8 +62,12 @@ Deno.test("control: one line in, one line out; request words parsed", async () =
 
 Deno.test("control: a request over 256 bytes is refused", async () => {
   await withServer(echo, async (path) => {
-    const exactly = "s".repeat(256);
-    assert.equal(await raw(path, new TextEncoder().encode(exactly + "\n")), `ok: ${exactly}|\n`);
+    const exactly = `status ${"s".repeat(249)}`;
+    assert.equal(exactly.length, 256);
+    assert.equal(
+      await raw(path, new TextEncoder().encode(exactly + "\n")),
+      `ok: status|${"s".repeat(249)}\n`,
+    );
     const long = "s".repeat(257);
     assert.equal(await raw(path, new TextEncoder().encode(long + "\n")), "error: request too long\n");
   });
@@ -79,7 +90,7 @@ Deno.test("control: the socket is mode 0600 and is created atomically", async ()
   });
 });
 
-Deno.test("status/stop: exit codes for enforce, audit, no socket, refusal", async () => {
+testWhen(needsRoot(), "status/stop: exit codes for enforce, audit, no socket, refusal", async () => {
   const status = {
     mode: "enforce",
     state: "running",
@@ -89,11 +100,16 @@ Deno.test("status/stop: exit codes for enforce, audit, no socket, refusal", asyn
   };
   let mode = "enforce";
   let shutdownReply = "ok: shutting down";
-  let server: ControlServer | undefined;
-  await withServer((command: string) => {
+  let server: PeerControlServer | undefined;
+  await withServer((command: string): PeerAnswer => {
     if (command === "status") return { reply: `ok: ${JSON.stringify({ ...status, mode })}` };
     if (command === "shutdown") {
-      return { reply: shutdownReply, afterReply: () => shutdownReply.startsWith("ok") && server?.remove() };
+      return {
+        reply: shutdownReply,
+        afterReply: () => {
+          if (shutdownReply.startsWith("ok")) server?.remove();
+        },
+      };
     }
     return { reply: "error: unknown command" };
   }, async (path, s) => {

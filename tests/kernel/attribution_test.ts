@@ -130,6 +130,16 @@ testWhen(
             dst,
           });
 
+          // MPTCP (allowed by the deny hooks because it is TCP on the wire): its subflow passes
+          // connect4 and sockops like plain TCP.
+          const mp = await python(inside, ["mptcp", REDIRECTED_IP, "80"]);
+          assertFound(await packet(instance, "tcp", CLIENT_IP, mp.port, ...dst), {
+            pid: mp.pid,
+            comm: "python3",
+            cgroup,
+            dst,
+          });
+
           // v4-mapped on an IPv6 socket: connect6 only, attributed like IPv4.
           const m = await python(inside, ["tcp6", `::ffff:${REDIRECTED_IP}`, "80"]);
           assertFound(await packet(instance, "tcp", CLIENT_IP, m.port, ...dst), {
@@ -288,5 +298,93 @@ testWhen(
             await instanceHost.stop();
           }
         })));
+  },
+);
+
+const BRIDGE_IP = "198.51.100.1";
+const CONTAINER_IP = "198.51.100.2";
+const FAR_IP = "203.0.113.10";
+
+testWhen(
+  reason,
+  "kernel attribution: a container's connection over a bridge is attributed by client address (proxy view)",
+  async () => {
+    await withCgroup("br", async (cgroup) => {
+      // "host" netns with a bridge; "container" netns on it, routing through the host, whose
+      // PREROUTING REDIRECTs the container's TCP to a local server (what steering does for docker0).
+      const host = await TestNetns.create(`${RUN}-bh`);
+      let container: TestNetns | undefined;
+      let server: Server | undefined;
+      let instance: InstanceChild | undefined;
+      try {
+        container = await TestNetns.create(`${RUN}-bc`);
+        await host.exec(["ip", "link", "add", "br0", "type", "bridge"]);
+        await host.exec(["ip", "addr", "add", `${BRIDGE_IP}/24`, "dev", "br0"]);
+        await host.exec(["ip", "link", "set", "br0", "up"]);
+        await host.exec([
+          "ip",
+          "link",
+          "add",
+          "h0",
+          "type",
+          "veth",
+          "peer",
+          "name",
+          "c0",
+          "netns",
+          container.path,
+        ]);
+        await host.exec(["ip", "link", "set", "h0", "master", "br0", "up"]);
+        await container.exec(["ip", "addr", "add", `${CONTAINER_IP}/24`, "dev", "c0"]);
+        await container.exec(["ip", "link", "set", "c0", "up"]);
+        await container.exec(["ip", "route", "add", "default", "via", BRIDGE_IP]);
+        await host.exec(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        await host.exec([
+          "iptables",
+          "-t",
+          "nat",
+          "-A",
+          "PREROUTING",
+          "-i",
+          "br0",
+          "-p",
+          "tcp",
+          "-d",
+          FAR_IP,
+          "--dport",
+          "80",
+          "-j",
+          "REDIRECT",
+          "--to-ports",
+          String(LISTEN_PORT),
+        ]);
+        server = await Server.start(host, `/tmp/${host.name}-accepts.jsonl`, [`0.0.0.0:${LISTEN_PORT}`]);
+        instance = await InstanceChild.start({
+          instance: `${RUN}-br`,
+          cgroup: cgroup.hierarchyPath,
+          deny: false,
+        }, host);
+
+        const c = await python({ cgroup, netns: container }, ["tcp", FAR_IP, "80"]);
+        const accept = server.accepts().find((entry) => entry.peer[1] === c.port);
+        assert.ok(accept, "the host's server accepted the container's connection");
+        assert.equal(accept.peer[0], CONTAINER_IP, "forwarded, not masqueraded");
+        const found = (await instance.request({
+          op: "accepted",
+          peerIp: accept.peer[0],
+          peerPort: accept.peer[1],
+          localIp: accept.local[0],
+          localPort: accept.local[1],
+        })).result as Found | null;
+        assertFound(found, { pid: c.pid, comm: "python3", cgroup, dst: [FAR_IP, 80] });
+        // The same tuple from a host-local client address would be netns-scoped: no entry there.
+        assert.equal(await packet(instance, "tcp", BRIDGE_IP, c.port, FAR_IP, 80), null);
+      } finally {
+        await instance?.stop();
+        await server?.stop();
+        await container?.remove();
+        await host.remove();
+      }
+    });
   },
 );

@@ -26,6 +26,17 @@ if mode == "tcp":
     s.recv(100)
     s.close()
     out(port=port)
+elif mode == "mptcp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    s.connect((args[0], int(args[1])))
+    port = s.getsockname()[1]
+    s.recv(100)
+    s.close()
+    out(port=port)
+elif mode == "mptcp6-errno":
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 262)
+    s.settimeout(3)
+    out(errno=errno_of(lambda: s.connect((args[0], int(args[1])))))
 elif mode == "tcp6":
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.connect((args[0], int(args[1])))
@@ -56,6 +67,11 @@ elif mode == "connect6-errno":
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.settimeout(3)
     out(errno=errno_of(lambda: s.connect((args[0], int(args[1])))))
+elif mode == "tfo6-errno":
+    # TCP Fast Open: the connect happens inside sendto(MSG_FASTOPEN).
+    # Blocking: with a timeout Python makes the socket non-blocking and sendto says EINPROGRESS.
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    out(errno=errno_of(lambda: s.sendto(b"egress", 0x20000000, (args[0], int(args[1])))))
 elif mode == "sendto6-errno":
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     out(errno=errno_of(lambda: s.sendto(b"egress", (args[0], int(args[1])))))

@@ -1,14 +1,17 @@
 // Real-kernel deny hooks: native IPv6 and raw/ICMP sockets fail with EPERM inside the test cgroup
 // and work outside it; pinned hooks survive a kill -9 of the process that loaded them.
 import assert from "node:assert/strict";
-import { testWhen } from "../helpers/requirements.ts";
+import { commandExists, testWhen } from "../helpers/requirements.ts";
 import { loadEgressBpf } from "../../src/kernel/bpf_loader.ts";
 import {
   addTestAddresses,
   cgroupPrograms,
+  client,
   type ClientOptions,
   InstanceChild,
+  jsonOf,
   kernelTestsUnmet,
+  mustRun,
   RUN,
   TestNetns,
   withCgroup,
@@ -81,6 +84,10 @@ testWhen(
             0,
             "native IPv6 sendto outside",
           );
+          assert.equal(await errnoOf(inside, ["mptcp6-errno", V6, V6_PORT]), EPERM, "MPTCP over IPv6 inside");
+          assert.equal(await errnoOf(outside, ["mptcp6-errno", V6, V6_PORT]), 0, "MPTCP over IPv6 outside");
+          assert.equal(await errnoOf(inside, ["tfo6-errno", V6, V6_PORT]), EPERM, "TCP Fast Open inside");
+          assert.equal(await errnoOf(outside, ["tfo6-errno", V6, V6_PORT]), 0, "TCP Fast Open outside");
           assert.equal(await errnoOf(inside, ["connect6-errno", "::1", V6_PORT]), 0, "::1 stays allowed");
           assert.equal(await errnoOf(inside, ["sendto6-errno", "::1", "5353"]), 0, "::1 UDP stays allowed");
 
@@ -321,5 +328,41 @@ testWhen(
           bpf.close();
         }
       }));
+  },
+);
+
+testWhen(
+  reason ??
+    (commandExists("/usr/bin/clang") ? undefined : "needs /usr/bin/clang (to build the io_uring client)"),
+  "kernel deny: io_uring IORING_OP_CONNECT passes the same hooks (EPERM inside, works outside)",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: `${RUN}-uring` });
+    try {
+      const binary = `${dir}/uring_connect`;
+      const source = new URL("./fixtures/uring_connect.c", import.meta.url).pathname;
+      await mustRun(["clang", "-O2", "-Wall", "-o", binary, source]);
+      // Executable by the nobody client.
+      await Deno.chmod(dir, 0o755);
+      await withCgroup("uring", (cgroup) =>
+        withV6Netns(async (netns) => {
+          const errnoOf = async (options: ClientOptions) =>
+            jsonOf<{ errno: number }>(await client(options, [binary, V6, V6_PORT])).errno;
+          assert.equal(await errnoOf({ netns }), 0, "io_uring connect works without egress");
+          const bpf = loadEgressBpf({
+            instance: `${RUN}-uring`,
+            cgroup: cgroup.hierarchyPath,
+            attribution: false,
+            pin: false,
+          });
+          try {
+            assert.equal(await errnoOf({ cgroup, netns }), EPERM, "io_uring connect inside");
+            assert.equal(await errnoOf({ netns }), 0, "io_uring connect outside");
+          } finally {
+            bpf.close();
+          }
+        }));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 );

@@ -192,3 +192,63 @@ testWhen(
     }
   },
 );
+
+/** Runs loadEgressBpf in a child whose private mount namespace first ran `hide` (a shell snippet). */
+async function loadWithHidden(hide: string): Promise<{ name?: string; message?: string; loaded?: boolean }> {
+  const loader = JSON.stringify(new URL("../../src/kernel/bpf_loader.ts", import.meta.url).href);
+  const script = `
+    import { loadEgressBpf } from ${loader};
+    try {
+      loadEgressBpf({ instance: "hidden", attribution: false, deny: false, log: () => {} }).close();
+      console.log(JSON.stringify({ loaded: true }));
+    } catch (error) {
+      console.log(JSON.stringify({ name: error.name, message: error.message }));
+    }`;
+  const output = await new Deno.Command("unshare", {
+    args: [
+      "--mount",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      `${hide}; exec "$@"`,
+      "sh",
+      Deno.execPath(),
+      "eval",
+      script,
+    ],
+    env: { DENO_NO_UPDATE_CHECK: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(output.stdout).trim();
+  try {
+    return JSON.parse(text.split("\n").at(-1) ?? "");
+  } catch {
+    throw new Error(`loader child printed no JSON: ${text} ${new TextDecoder().decode(output.stderr)}`);
+  }
+}
+
+testWhen(
+  reason ?? (commandExists("/usr/bin/unshare") ? undefined : "needs /usr/bin/unshare"),
+  "kernel loader: a missing libbpf or kernel BTF gives one BpfLoadError naming it",
+  async () => {
+    // Private mount namespaces hide things from one child only (nothing else sees the mounts).
+    const noLibbpf = await loadWithHidden(
+      'for lib in /usr/lib/*/libbpf.so.1 /lib/*/libbpf.so.1; do [ -e "$lib" ] && mount --bind /dev/null "$(readlink -f "$lib")"; done',
+    );
+    assert.equal(noLibbpf.name, "BpfLoadError", JSON.stringify(noLibbpf));
+    assert.match(
+      noLibbpf.message!,
+      /^Cannot load egress BPF programs: libbpf\.so\.1: Cannot load libbpf\.so\.1 \(install the Debian package libbpf1\)/,
+    );
+    const noBtf = await loadWithHidden("mount -t tmpfs none /sys/kernel/btf");
+    assert.equal(noBtf.name, "BpfLoadError", JSON.stringify(noBtf));
+    assert.match(
+      noBtf.message!,
+      /^Cannot load egress BPF programs: kernel BTF: \/sys\/kernel\/btf\/vmlinux is missing/,
+    );
+    // The control: with nothing hidden the same child loads.
+    assert.deepEqual(await loadWithHidden("true"), { loaded: true });
+  },
+);

@@ -475,5 +475,5 @@ Deno.test("performance: 10,000 lines parse well under a second; long lines stay 
   const bad = performance.now();
   const e = validatePolicy(`${":".repeat(40_000)}x\n${"a:".repeat(40_000)}!\n[${"a=b ".repeat(20_000)}`);
   assert.equal(e.errors.length, 3);
-  assert.ok(performance.now() - bad < 1500, `long bad lines took ${(performance.now() - bad).toFixed(0)} ms`);
+  assert.ok(performance.now() - bad < 3000, `long bad lines took ${(performance.now() - bad).toFixed(0)} ms`);
 });

@@ -13,7 +13,10 @@ import { OperationalLog } from "../../src/log/operational_log.ts";
 import { parseTextPolicy } from "../../src/sidecar/policy.ts";
 import { Sidecar } from "../../src/sidecar/sidecar.ts";
 
-const SKIP = unmet([[needsRoot() === undefined, "needs root (SO_MARK)"], [commandExists("/bin/sh"), "needs /bin/sh"]]);
+const SKIP = unmet([[needsRoot() === undefined, "needs root (SO_MARK)"], [
+  commandExists("/bin/sh"),
+  "needs /bin/sh",
+]]);
 const OPTIONS = { sanitizeOps: false, sanitizeResources: false };
 
 /** Answers `nN.<zone>` with three A records; names starting with `slow` never get an answer. */
@@ -31,7 +34,13 @@ async function fakeUpstream(): Promise<{ port: number; close(): void }> {
       data: `198.51.${seed & 255}.${i}`,
     }));
     socket.send(
-      dnsPacket.encode({ id: query.id, type: "response", flags: 0x8180, questions: query.questions, answers }),
+      dnsPacket.encode({
+        id: query.id,
+        type: "response",
+        flags: 0x8180,
+        questions: query.questions,
+        answers,
+      }),
       remote.port,
       remote.address,
     );

@@ -15,11 +15,13 @@ Deno.test("examples/kubernetes/pod.yaml: native sidecar with NET_ADMIN, unprivil
   const policy = parseTextPolicy(configMap.data["policy.txt"]);
   assert.ok(policy.ok, JSON.stringify(policy));
   assert.notEqual(pod.spec.hostNetwork, true);
+  assert.equal(pod.spec.automountServiceAccountToken, false);
   const sidecar = pod.spec.initContainers[0];
   assert.equal(sidecar.restartPolicy, "Always");
   assert.equal(sidecar.args[0], "sidecar");
   assert.deepEqual(sidecar.securityContext.capabilities, { drop: ["ALL"], add: ["NET_ADMIN"] });
   assert.equal(sidecar.startupProbe.httpGet.path, "/healthz");
+  assert.equal(sidecar.livenessProbe, undefined); // a SIGTERM restart would open a gap
   assert.deepEqual(sidecar.env.map((e: { name: string }) => e.name), ["EGRESS_POD_IP", "EGRESS_HOST_IP"]);
   for (const app of pod.spec.containers) {
     assert.ok(app.securityContext.runAsUser > 0);
@@ -36,6 +38,7 @@ Deno.test("examples/compose: app shares the sidecar's namespace, waits for healt
   assert.equal(compose.services.app.network_mode, "service:egress");
   assert.equal(compose.services.app.depends_on.egress.condition, "service_healthy");
   assert.deepEqual(compose.services.app.cap_drop, ["ALL"]);
+  assert.deepEqual(compose.services.app.security_opt, ["no-new-privileges:true"]);
   const policy = parseTextPolicy(await Deno.readTextFile(new URL("compose/policy.txt", EXAMPLES)));
   assert.ok(policy.ok, JSON.stringify(policy));
   if (policy.ok) {

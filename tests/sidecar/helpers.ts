@@ -68,11 +68,16 @@ let counter = 0;
 export class Topology {
   readonly pod: string;
   readonly world: string;
+  /** veth ends in `pod` and `world` */
+  readonly podLink: string;
+  readonly worldLink: string;
   #worldServer: Deno.ChildProcess | undefined;
 
   private constructor(readonly id: string) {
     this.pod = `${id}p`;
     this.world = `${id}w`;
+    this.podLink = `${id}a`;
+    this.worldLink = `${id}b`;
   }
 
   /** Unique names per run and per topology (parallel runs never collide). */
@@ -84,7 +89,7 @@ export class Topology {
     try {
       await must(["ip", "netns", "add", t.pod]);
       await must(["ip", "netns", "add", t.world]);
-      const vp = `${id}a`, vw = `${id}b`;
+      const vp = t.podLink, vw = t.worldLink;
       await must([
         "ip",
         "link",
@@ -189,10 +194,33 @@ export class Topology {
     return r.stdout.trim();
   }
 
+  /**
+   * The link-local address of `world`'s veth end, scoped to `pod`'s (`fe80::…%if`), once duplicate
+   * address detection has finished on both ends (a tentative address neither sends nor answers).
+   */
+  async worldLinkLocal(): Promise<string> {
+    const show = (ns: string, dev: string) =>
+      must(["ip", "-n", ns, "-6", "-o", "addr", "show", "dev", dev, "scope", "link"]);
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const [world, pod] = [await show(this.world, this.worldLink), await show(this.pod, this.podLink)];
+      const address = /inet6 (fe80::[0-9a-f:]+)\//.exec(world)?.[1];
+      if (address !== undefined && /fe80::/.test(pod) && !/tentative/.test(world + pod)) {
+        return `${address}%${this.podLink}`;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`no usable link-local address on ${this.worldLink}`);
+  }
+
+  /** Sets a sysctl of `pod` (per network namespace). */
+  async podSysctl(key: string, value: string): Promise<void> {
+    const r = await this.inPod(["sysctl", "-q", "-w", `${key}=${value}`]);
+    if (r.code !== 0) throw new Error(`sysctl ${key} failed: ${r.stderr.trim()}`);
+  }
+
   /** Lets unprivileged users of `pod` open ICMP echo sockets (Docker's default in containers). */
-  async allowPingSockets(): Promise<void> {
-    const r = await this.inPod(["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
-    if (r.code !== 0) throw new Error(`sysctl ping_group_range failed: ${r.stderr.trim()}`);
+  allowPingSockets(): Promise<void> {
+    return this.podSysctl("net.ipv4.ping_group_range", "0 2147483647");
   }
 
   /** `dig` in the app; returns the answer addresses and the status. */
@@ -201,9 +229,11 @@ export class Topology {
     type = "A",
     server = WORLD4,
     tcp = false,
+    sourcePort?: number,
   ): Promise<{ status: string; addresses: string[] }> {
     const r = await this.app([
       "dig",
+      ...(sourcePort === undefined ? [] : ["-b", `${server.includes(":") ? POD6 : POD4}#${sourcePort}`]),
       `@${server}`,
       name,
       type,
@@ -268,7 +298,13 @@ export type SidecarHandle = {
 export async function startSidecar(
   topology: Topology,
   args: string[],
-  options: { env?: Record<string, string>; token?: string | null; waitReady?: boolean } = {},
+  options: {
+    env?: Record<string, string>;
+    token?: string | null;
+    waitReady?: boolean;
+    /** instead of the world's resolver */
+    upstream?: string;
+  } = {},
 ): Promise<SidecarHandle> {
   const dir = await Deno.makeTempDir({ prefix: "egress-sidecar-" });
   const token = options.token === undefined ? `tok-${crypto.randomUUID()}` : options.token ?? "";
@@ -287,7 +323,7 @@ export async function startSidecar(
       MOD,
       "sidecar",
       "--upstream",
-      WORLD4,
+      options.upstream ?? WORLD4,
       "--api",
       "127.0.0.1:18080",
       "--ready-file",

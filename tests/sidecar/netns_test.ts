@@ -224,7 +224,11 @@ testWhen(
       const byRule = h.stdout().trim().split("\n").map((l) => JSON.parse(l)).findLast((l) =>
         l.name === "other.allowed.test"
       );
-      assert.deepEqual([byRule.policy, byRule.reason, byRule.rule], ["deny", "rule matched", "other.allowed.test"]);
+      assert.deepEqual([byRule.policy, byRule.reason, byRule.rule], [
+        "deny",
+        "rule matched",
+        "other.allowed.test",
+      ]);
 
       // Policy replaced while a download runs: the download completes; the name's entries go.
       assert.deepEqual((await t.dig("allowed.test")).addresses, [WORLD4]);
@@ -493,6 +497,90 @@ testWhen(
       assert.equal(await h.stop(), 0);
       started.length = 0;
       assert.equal(await egressLeft(t), "");
+    });
+  },
+  OPTIONS,
+);
+
+testWhen(
+  SKIP,
+  "sidecar startup: UDP flows opened before it are judged again (conntrack flushed); IPv6 link-local filtered",
+  async () => {
+    await withTopology(async (t, started) => {
+      // Before the sidecar: the app talks to a resolver of its choice and to a UDP echo, from fixed
+      // source ports, and pings the world's link-local address.
+      // Docker's embedded DNS puts NAT rules into the container's namespace (Istio's init container
+      // too), so conntrack tracks flows there before the sidecar starts; a bare namespace would not.
+      const dockerLike = await t.inPod([
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "127.0.0.11/32",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "127.0.0.11:53000",
+      ]);
+      assert.equal(dockerLike.code, 0, dockerLike.stderr);
+      await t.allowPingSockets();
+      const linkLocal = await t.worldLinkLocal();
+      assert.equal(await t.probe(["ping", linkLocal]), "reply");
+      assert.equal((await t.dig("denied.test", "A", EXTRA4[4], false, 40053)).status, "NOERROR");
+      assert.equal(await t.probe(["udp-echo", WORLD4, "9000", "40090"]), "reply");
+
+      const h = await startSidecar(t, []);
+      started.push(h);
+      // The same 5-tuples again: without the flush they are established (and port 53 skips the
+      // redirect); now the query reaches the proxy and the datagram is dropped.
+      assert.equal((await t.dig("denied.test", "A", EXTRA4[4], false, 40053)).status, "NXDOMAIN");
+      assert.equal(await t.probe(["udp-echo", WORLD4, "9000", "40090"]), "blocked");
+      // Link-local peers (the node, other pods on the segment) are filtered like any address.
+      assert.equal(await t.probe(["ping", linkLocal]), "timeout");
+      assert.match(h.stderr(), /conntrack flushed/);
+
+      assert.equal(await h.stop(), 0);
+      started.length = 0;
+      assert.equal(await t.probe(["ping", linkLocal]), "reply");
+    });
+  },
+  OPTIONS,
+);
+
+testWhen(
+  SKIP,
+  "sidecar: the app cannot forge the upstream's answer (IP_FREEBIND, loopback, every query id)",
+  async () => {
+    await withTopology(async (t, started) => {
+      // Docker lets container users bind ports below 1024; IP_FREEBIND needs no privilege at all.
+      await t.podSysctl("net.ipv4.ip_unprivileged_port_start", "0");
+      // 1. A remote upstream (here one that never answers, so the forger always comes first).
+      const remote = await startSidecar(t, [], { env: { EGRESS_POLICY: "allowed.test:80\n" }, upstream: "198.19.0.99" });
+      started.push(remote);
+      assert.equal(await t.probe(["forge-upstream", "198.19.0.99", "53", "allowed.test", "198.19.0.13"]), "blocked");
+      assert.equal(await t.connects("198.19.0.13", 80), false);
+      assert.doesNotMatch(await nftSet(t, "dyn4_port"), /198\.19\.0\.13/);
+      assert.equal(await remote.stop(), 0);
+      started.length = 0;
+
+      // 2. A loopback upstream behind Docker's DNAT (127.0.0.11:53 → a private port): the app can
+      // bind 127.0.0.11:53 itself, since the real resolver listens elsewhere.
+      const dnat = await t.inPod([
+        "iptables", "-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.11/32", "-p", "udp", "--dport", "53",
+        "-j", "DNAT", "--to-destination", "127.0.0.11:53000",
+      ]);
+      assert.equal(dnat.code, 0, dnat.stderr);
+      const local = await startSidecar(t, [], { env: { EGRESS_POLICY: "allowed.test:80\n" }, upstream: "127.0.0.11" });
+      started.push(local);
+      assert.equal(await t.probe(["forge-upstream", "127.0.0.11", "53", "allowed.test", "198.19.0.13"]), "blocked");
+      assert.equal(await t.connects("198.19.0.13", 80), false);
+      assert.doesNotMatch(await nftSet(t, "dyn4_port"), /198\.19\.0\.13/);
     });
   },
   OPTIONS,

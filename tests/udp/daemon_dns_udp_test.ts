@@ -67,14 +67,21 @@ while not done:
 print(json.dumps(counts), flush=True)
 `;
 
-// N datagrams, each from a fresh socket (a new flow, so each one is queued and judged).
+// N datagrams, each from its own source port (a new flow, so each one is queued and judged; random
+// ephemeral ports would repeat and ride the first flow's connmark).
 const PY_BURST = String.raw`
-import json, os, socket, sys
-ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import json, os, socket, sys, time
+ip, port, count, first, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 for i in range(count):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", first + i))
     s.sendto(b"burst %d" % i, (ip, port))
     s.close()
+# Stay alive (as a real sender would) until the test has seen the verdicts: a process that has
+# exited can no longer be described from /proc.
+deadline = time.monotonic() + 60
+while not os.path.exists(stop) and time.monotonic() < deadline:
+    time.sleep(0.05)
 print(json.dumps({"sent": count, "pid": os.getpid()}), flush=True)
 `;
 
@@ -294,35 +301,44 @@ testWhen(reason, "daemon e2e: DNS name policy and UDP decisions over real client
       });
 
       await t.step(`a burst of ${BURST} new UDP flows: every one judged, none lost`, async () => {
-        const allowed = lastJson(
-          await client(
+        const stop = `${paths.dir}/burst-stop`;
+        const burst = (port: string, count: number, firstPort: number) =>
+          client(
             { netns: topology.runner, cgroup: topology.cgroup, timeoutMs: 120_000 },
-            ["/usr/bin/python3", "-c", PY_BURST, ip, "9100", String(BURST)],
-          ),
-        );
-        const denied = lastJson(
-          await client(
-            { netns: topology.runner, cgroup: topology.cgroup, timeoutMs: 120_000 },
-            ["/usr/bin/python3", "-c", PY_BURST, ip, "9101", "1000"],
-          ),
-        );
-        assert.equal(allowed.sent, BURST);
-        // One udp line per flow (the limiter keys by 5-tuple), attributed to the sender. The
-        // client is done before the queue is: wait for the consumer to work through it.
-        const deadline = Date.now() + 30_000;
+            ["/usr/bin/python3", "-c", PY_BURST, ip, port, String(count), String(firstPort), stop],
+          );
+        const senders = [burst("9100", BURST, 20000), burst("9101", 1000, 30000)];
+        // One udp line per flow (the limiter keys by 5-tuple). The connection log may drop lines
+        // under such a burst (bounded queue, src/log/connection_log.ts); it then says how many.
+        const droppedLines = async () => {
+          const oplog = await Deno.readTextFile(paths.oplog).catch(() => "");
+          return Math.max(
+            0,
+            ...[...oplog.matchAll(/dropped \d+ lines \((\d+) since start\)/g)].map((m) => Number(m[1])),
+          );
+        };
+        const deadline = Date.now() + 60_000;
         let udp: Log[] = [];
+        let dropped = 0;
         while (Date.now() < deadline) {
           udp = (await lines()).filter((l) =>
             l.type === "udp" && (l.dst_port === 9100 || l.dst_port === 9101)
           );
-          if (udp.length >= BURST + 1000) break;
+          dropped = await droppedLines();
+          if (udp.length + dropped >= BURST + 1000) break;
           await new Promise((resolve) => setTimeout(resolve, 250));
         }
+        await Deno.writeTextFile(stop, "");
+        const [allowed, denied] = (await Promise.all(senders)).map(lastJson);
+        assert.equal(allowed.sent, BURST);
         // The kernel counts packets dropped because the queue was full (fail closed, but lost).
         const queueStats = await topology.runner.exec(["cat", "/proc/net/netfilter/nfnetlink_queue"]);
-        const counts = `${udp.length} udp lines; nfnetlink_queue: ${queueStats.trim()}`;
-        assert.equal(udp.filter((l) => l.dst_port === 9100 && l.policy === "allow").length, BURST, counts);
-        assert.equal(udp.filter((l) => l.dst_port === 9101 && l.policy === "deny").length, 1000, counts);
+        const counts =
+          `${udp.length} udp lines, ${dropped} log lines dropped; nfnetlink_queue: ${queueStats.trim()}`;
+        const [, , , , , queueDropped, userDropped] = queueStats.trim().split(/\s+/).map(Number);
+        assert.deepEqual([queueDropped, userDropped], [0, 0], counts);
+        assert.equal(udp.length + dropped, BURST + 1000, counts);
+        assert.ok(udp.every((l) => l.policy === (l.dst_port === 9100 ? "allow" : "deny")), counts);
         // Each allowed flow got the fast-path connmark.
         const conntrack = await topology.runner.exec(["conntrack", "-L", "-p", "udp", "--dport", "9100"]);
         const marked = conntrack.split("\n").filter((l) =>
@@ -348,7 +364,7 @@ testWhen(reason, "daemon e2e: DNS name policy and UDP decisions over real client
 
       await t.step("every dns, dns_response and udp line carries the client's pid and exe", async () => {
         const events = (await lines()).filter((l) => ["dns", "dns_response", "udp"].includes(String(l.type)));
-        assert.ok(events.length > BURST);
+        assert.ok(events.length > BURST / 2, `${events.length} lines`);
         const missing = events.filter((l) => typeof l.pid !== "number" || typeof l.exe !== "string");
         assert.deepEqual(missing.slice(0, 5), [], `${missing.length} lines without pid/exe`);
         const exes = new Set(events.map((l) => String(l.exe).split(" ")[0]));

@@ -135,8 +135,14 @@ for port in (4000, 4001, 4000, 4001):
 `;
         await inNetns(netns, "/usr/bin/python3", ["-c", send]);
         // Both packets to 4000 arrive (the second by the connmark fast path); the deny line is logged once.
+        // The deny line of 4001 and the second delivery to 4000 may come in either order.
         let delivered = 0;
-        await collect((l) => l.received === 4000 && ++delivered === 2);
+        let denyLogged = false;
+        await collect((l) => {
+          if (l.received === 4000) delivered++;
+          if (l.log?.type === "udp" && l.log.dst_port === 4001) denyLogged = true;
+          return delivered === 2 && denyLogged;
+        });
         const udpLines = lines.map((l) => l.log).filter((l) => l?.type === "udp");
         assert.deepEqual(udpLines.map((l) => `${l!.dst_port}:${l!.policy}`), ["4000:allow", "4001:deny"]);
         assert.equal(udpLines[0]!.rule, "127.0.0.3:4000/udp");
