@@ -44,6 +44,10 @@ import {
 } from "./parts.ts";
 import { formatIssue, parseDaemonPolicy, PolicyState } from "./policy_state.ts";
 import { elapsed, PHASE, Teardown } from "./teardown.ts";
+import { WORKER_SPEC_FILE, type WorkerSpec } from "./worker.ts";
+import { spawnWorker, type WorkerProcess } from "./worker_process.ts";
+import { Supervisor } from "../runner/supervisor.ts";
+import { bpfObjPin } from "../../ffi/libc.ts";
 
 /** Kernel-facing operations, injectable so the order and cleanup can be tested without root. */
 export interface DaemonSystem {
@@ -53,6 +57,8 @@ export interface DaemonSystem {
   countLeftoverPins(instance: string): number;
   loadBpf(options: { instance: string; cgroup?: string; log: (level: string, message: string) => void }): {
     attribution?: Attribution;
+    /** fd of the egress_conns map, pinned for the worker process */
+    connsFd?: number;
     programNames(): string[];
     close(): void;
   };
@@ -85,6 +91,7 @@ export const realSystem: DaemonSystem = {
     });
     return {
       attribution: new KernelAttribution(bpf),
+      connsFd: bpf.conns?.fd,
       programNames: () => bpf.programNames(),
       close: () => bpf.close(),
     };
@@ -270,6 +277,11 @@ export async function runDaemon(
       if (config.policyPath !== undefined && config.policyPath !== "-") {
         await Deno.writeTextFile(`${config.stateDir}/policy.txt`, text, { mode: 0o600 });
       }
+      if (config.policyPath === "-") await Deno.writeTextFile(`${config.stateDir}/policy.txt`, text, { mode: 0o600 });
+      if (worker && supervisor?.state === "running") {
+        const reply = await worker.request("reload", 10_000);
+        if (!reply.startsWith("reply ok:")) throw new Error(`the worker refused the reload: ${reply.slice(6)}`);
+      }
       try {
         await parts.steering.revokeFastPath();
       } catch (error) {
@@ -299,13 +311,42 @@ export async function runDaemon(
     }
     return sum;
   };
-  const status = (): StatusReply => ({
-    mode,
-    state: running.every((part) => part.healthy?.() ?? true) ? "running" : "degraded",
-    rules: policy.policy.rules.length,
-    restarts: 0,
-    counters: counters(),
-  });
+  // Real runs: proxy, DNS proxy and NFQUEUE consumer live in a supervised worker process.
+  const useWorker = deps.parts === undefined;
+  let supervisor: Supervisor | undefined;
+  let worker: WorkerProcess | undefined;
+  let lastWorkerCounters: Counters = { allowed: 0, denied: 0, dns: 0, errors: 0 };
+  const status = async (): Promise<StatusReply> => {
+    if (!supervisor) {
+      return {
+        mode,
+        state: running.every((part) => part.healthy?.() ?? true) ? "running" : "degraded",
+        rules: policy.policy.rules.length,
+        restarts: 0,
+        counters: counters(),
+      };
+    }
+    let healthy = supervisor.state !== "degraded";
+    if (supervisor.state === "running" && worker) {
+      try {
+        const reply = await worker.request("counters", 2000);
+        if (reply.startsWith("counters ")) {
+          const body = JSON.parse(reply.slice("counters ".length));
+          healthy = healthy && body.healthy !== false;
+          lastWorkerCounters = { allowed: body.allowed, denied: body.denied, dns: body.dns, errors: body.errors };
+        }
+      } catch {
+        // keep the last counters; the supervisor notices a dead worker by itself
+      }
+    }
+    return {
+      mode,
+      state: healthy ? "running" : "degraded",
+      rules: policy.policy.rules.length,
+      restarts: supervisor.restarts,
+      counters: lastWorkerCounters,
+    };
+  };
 
   const signalHandlers: Array<[Deno.Signal, () => void]> = [];
   if (deps.signals ?? true) {
@@ -344,6 +385,7 @@ export async function runDaemon(
     });
 
     const instance = instanceName(config.stateDir);
+    let connsPin: string | undefined;
     await step("remove leftovers of an earlier run", async () => {
       for (const path of system.removeStaleOwnCgroups()) oplog.info(`leftover: removed empty cgroup ${path}`);
       const chains = await parts.steering.removeLeftovers((message) => oplog.info(`leftover: ${message}`));
@@ -386,6 +428,18 @@ export async function runDaemon(
       teardown.add(PHASE.bpf, "close the conntrack socket", () => system.closeConntrack());
       teardown.add(PHASE.bpf, "detach BPF programs and remove their pins", () => bpf.close());
       oplog.info(`BPF programs attached: ${bpf.programNames().join(", ")}`);
+      if (useWorker && bpf.connsFd !== undefined) {
+        // The worker reads attribution from the same map through this pin.
+        const pin = `/sys/fs/bpf/egress-${instance}-conns`;
+        try {
+          Deno.removeSync(pin);
+        } catch {
+          // no stale pin
+        }
+        bpfObjPin(bpf.connsFd, pin);
+        connsPin = pin;
+        teardown.add(PHASE.bpf, `remove the map pin ${pin}`, () => Deno.remove(pin).catch(() => {}));
+      }
       return bpf;
     });
 
@@ -416,10 +470,29 @@ export async function runDaemon(
         teardown.add(PHASE.listeners, `stop the ${name}`, () => part.close());
       });
     };
-    // DNS first: the proxy hands DNS-over-TCP on other ports to it.
-    await listen(`DNS proxy on port ${config.dnsPort}`, parts.startDns);
-    await listen(`transparent proxy on port ${config.proxyPort}`, parts.startProxy);
-    await listen(`NFQUEUE consumer on queue ${config.queueNum}`, parts.startUdp);
+    if (useWorker) {
+      await step("start the worker (proxy, DNS proxy, NFQUEUE consumer)", async () => {
+        const spec: WorkerSpec = { config, upstreamCaPems, connsPin };
+        const specPath = `${config.stateDir}/${WORKER_SPEC_FILE}`;
+        await Deno.writeTextFile(specPath, JSON.stringify(spec), { mode: 0o600 });
+        supervisor = new Supervisor({
+          spawn: () => {
+            worker = spawnWorker(specPath);
+            oplog.info(`worker started: pid ${worker.pid}`);
+            return worker;
+          },
+          log: (level, message) => oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
+        });
+        const started = supervisor;
+        teardown.add(PHASE.listeners, "stop the worker", () => started.stop());
+        await started.start();
+      });
+    } else {
+      // DNS first: the proxy hands DNS-over-TCP on other ports to it.
+      await listen(`DNS proxy on port ${config.dnsPort}`, parts.startDns);
+      await listen(`transparent proxy on port ${config.proxyPort}`, parts.startProxy);
+      await listen(`NFQUEUE consumer on queue ${config.queueNum}`, parts.startUdp);
+    }
 
     await step("install packet steering", async () => {
       // Registered first: a half-applied install is removed as well.
@@ -489,7 +562,7 @@ export async function runDaemon(
         handler: (command) => {
           switch (command) {
             case "status":
-              return { reply: okLine(JSON.stringify(status())) };
+              return status().then((body) => ({ reply: okLine(JSON.stringify(body)) }));
             case "shutdown":
               return { reply: okLine("shutting down"), afterReply: () => requestStop("control shutdown") };
             case "reload":

@@ -7,7 +7,7 @@ import { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 
 /** Read chunk size: large enough for throughput, small enough to keep memory per connection low. */
-export const READ_CHUNK = 16 * 1024;
+export const READ_CHUNK = 64 * 1024;
 
 export interface ByteStream {
   /** Next chunk, or null at end of stream. Only one read may be pending at a time. */

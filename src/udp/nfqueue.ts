@@ -20,19 +20,8 @@ import {
   type NfqQueue,
   type NfVerdict,
 } from "../../ffi/libnetfilter_queue.ts";
-import {
-  closeFd,
-  EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
-  EINTR,
-  ENOBUFS,
-  errno,
-  libc,
-  MSG_DONTWAIT,
-  OsError,
-  POLLIN,
-} from "../../ffi/libc.ts";
+import { EAGAIN, EINTR, ENOBUFS, errno, libc, MSG_DONTWAIT, OsError } from "../../ffi/libc.ts";
+import { WakeablePoll } from "./wakeable_poll.ts";
 
 /** What onPacket returns. `mark` (uint32) replaces the packet's mark; absent keeps it. */
 export type NfqueueVerdict = { verdict: "accept" | "drop" | "repeat"; mark?: number };
@@ -190,8 +179,7 @@ export class NfqueueConsumer {
   readonly #buffer: Uint8Array<ArrayBuffer>;
   readonly #bufferView: DataView;
   readonly #batchLimit: number;
-  readonly #wakeFd: number;
-  readonly #pollFds = new Uint8Array(16);
+  readonly #poll: WakeablePoll;
   #view: PacketView | undefined;
   #closing = false;
   #closed: Promise<void> | undefined;
@@ -202,7 +190,7 @@ export class NfqueueConsumer {
     onPacket: (packet: QueuedPacket) => NfqueueVerdict,
     bufferBytes: number,
     batchLimit: number,
-    wakeFd: number,
+    poll: WakeablePoll,
     bind: (consumer: NfqueueConsumer) => NfqQueue,
   ) {
     this.queueNum = queueNum;
@@ -211,13 +199,8 @@ export class NfqueueConsumer {
     this.#buffer = new Uint8Array(bufferBytes);
     this.#bufferView = new DataView(this.#buffer.buffer);
     this.#batchLimit = batchLimit;
-    this.#wakeFd = wakeFd;
+    this.#poll = poll;
     this.#queue = bind(this);
-    const fds = new DataView(this.#pollFds.buffer);
-    fds.setInt32(0, handle.fd, true);
-    fds.setInt16(4, POLLIN, true);
-    fds.setInt32(8, wakeFd, true);
-    fds.setInt16(12, POLLIN, true);
     this.finished = this.#run();
     // Handled here so a fatal error is never an unhandled rejection that kills the process; the
     // owner learns of it by awaiting `finished` (the queue then drops everything until close()).
@@ -251,10 +234,9 @@ export class NfqueueConsumer {
     const batchLimit = checkInteger("batchLimit", options.batchLimit ?? DEFAULT_BATCH_LIMIT, 1, 1 << 20);
 
     const handle = NfqHandle.open();
-    let wakeFd = -1;
+    let poll: WakeablePoll | undefined;
     try {
-      wakeFd = libc().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-      if (wakeFd < 0) throw new OsError("create the nfqueue wake-up eventfd", errno());
+      poll = new WakeablePoll(handle.fd, `nfqueue ${queueNum}`);
       handle.setReceiveBufferSize(receiveBufferBytes);
       return new NfqueueConsumer(
         queueNum,
@@ -262,7 +244,7 @@ export class NfqueueConsumer {
         options.onPacket,
         copyRange + MESSAGE_OVERHEAD_BYTES,
         batchLimit,
-        wakeFd,
+        poll,
         (consumer) => {
           const queue = handle.createQueue(queueNum, (info) => consumer.#handlePacket(info));
           queue.setMode(NFQNL_COPY_PACKET, copyRange);
@@ -274,7 +256,7 @@ export class NfqueueConsumer {
       );
     } catch (error) {
       handle.close();
-      closeFd(wakeFd);
+      poll?.close();
       throw error;
     }
   }
@@ -382,11 +364,7 @@ export class NfqueueConsumer {
       }
       if (this.#closing) break;
       // A full batch yields with a zero timeout, so a flood cannot starve the event loop.
-      const ready = await lib.poll_async(this.#pollFds, 2n, handled >= this.#batchLimit ? 0 : -1);
-      if (ready < 0) {
-        const code = errno();
-        if (code !== EINTR) throw new OsError(`wait for nfqueue ${this.queueNum}`, code);
-      }
+      await this.#poll.wait(handled >= this.#batchLimit ? 0 : -1);
     }
   }
 
@@ -394,17 +372,10 @@ export class NfqueueConsumer {
   close(): Promise<void> {
     this.#closed ??= (async () => {
       this.#closing = true;
-      const one = new Uint8Array(8);
-      one[0] = 1;
-      libc().write(this.#wakeFd, one, 8n);
-      try {
-        await this.finished;
-      } catch {
-        // A fatal loop error was already reported through `finished`.
-      }
+      await this.#poll.stop(this.finished);
       this.#queue.close();
       this.#handle.close();
-      closeFd(this.#wakeFd);
+      this.#poll.close();
     })();
     return this.#closed;
   }

@@ -2,21 +2,18 @@
 // API) completes one async op per datagram; under load the proxy then spent most of its time
 // waiting between ops and topped out near 16k q/s. This socket uses the receive loop of the
 // NFQUEUE consumer (docs/nfqueue.md): drain with recvfrom(MSG_DONTWAIT) until EAGAIN, handing
-// each datagram to the callback synchronously, then await a poll() on a worker thread; an eventfd
-// in the poll set lets close() wake it. Sends are synchronous sendto() calls on the nonblocking fd.
+// each datagram to the callback synchronously, then wait in a WakeablePoll (src/udp/wakeable_poll.ts). Sends are synchronous sendto() calls on the nonblocking fd.
 
+import { WakeablePoll } from "./wakeable_poll.ts";
 import {
   AF_INET,
   closeFd,
   EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
   EINTR,
   errno,
   libc,
   MSG_DONTWAIT,
   OsError,
-  POLLIN,
   SO_REUSEADDR,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
@@ -68,36 +65,30 @@ export class UdpSocket {
   /** sends the kernel refused (full send buffer, unreachable …): UDP loss, counted */
   sendErrors = 0;
   readonly #fd: number;
-  readonly #wakeFd: number;
+  readonly #poll: WakeablePoll;
   readonly #onMessage: DatagramHandler;
   readonly #batchLimit: number;
   readonly #buffer = new Uint8Array(MAX_DATAGRAM);
   readonly #from = new Uint8Array(SOCKADDR_IN_LENGTH);
   readonly #fromLength = new Uint32Array(1);
   readonly #to = new Uint8Array(SOCKADDR_IN_LENGTH);
-  readonly #pollFds = new Uint8Array(16);
   #closing = false;
   #closed: Promise<void> | undefined;
 
   private constructor(
     fd: number,
-    wakeFd: number,
+    poll: WakeablePoll,
     hostname: string,
     port: number,
     onMessage: DatagramHandler,
     batchLimit: number,
   ) {
     this.#fd = fd;
-    this.#wakeFd = wakeFd;
+    this.#poll = poll;
     this.hostname = hostname;
     this.port = port;
     this.#onMessage = onMessage;
     this.#batchLimit = batchLimit;
-    const fds = new DataView(this.#pollFds.buffer);
-    fds.setInt32(0, fd, true);
-    fds.setInt16(4, POLLIN, true);
-    fds.setInt32(8, wakeFd, true);
-    fds.setInt16(12, POLLIN, true);
     this.finished = this.#run();
     // The owner learns of a fatal error by awaiting `finished`; never an unhandled rejection.
     this.finished.catch(() => {});
@@ -114,7 +105,7 @@ export class UdpSocket {
     const address = sockaddrIn(hostname, port);
     const fd = lib.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new OsError("create a UDP socket", errno());
-    let wakeFd = -1;
+    let poll: WakeablePoll | undefined;
     try {
       if (options.reuseAddr) {
         const one = new Int32Array([1]);
@@ -130,11 +121,10 @@ export class UdpSocket {
       if (lib.getsockname(fd, bound, new Uint8Array(length.buffer)) < 0) {
         throw new OsError(`read the port of UDP ${hostname}:${port}`, errno());
       }
-      wakeFd = lib.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-      if (wakeFd < 0) throw new OsError("create the UDP socket's wake-up eventfd", errno());
+      poll = new WakeablePoll(fd, `UDP ${hostname}:${port}`);
       return new UdpSocket(
         fd,
-        wakeFd,
+        poll,
         hostname,
         (bound[2] << 8) | bound[3],
         onMessage,
@@ -142,7 +132,7 @@ export class UdpSocket {
       );
     } catch (error) {
       closeFd(fd);
-      closeFd(wakeFd);
+      poll?.close();
       throw error;
     }
   }
@@ -199,11 +189,7 @@ export class UdpSocket {
       }
       if (this.#closing) break;
       // A full batch yields with a zero timeout, so a flood cannot starve the event loop.
-      const ready = await lib.poll_async(this.#pollFds, 2n, handled >= this.#batchLimit ? 0 : -1);
-      if (ready < 0) {
-        const code = errno();
-        if (code !== EINTR) throw new OsError(`wait on UDP ${this.hostname}:${this.port}`, code);
-      }
+      await this.#poll.wait(handled >= this.#batchLimit ? 0 : -1);
     }
   }
 
@@ -211,16 +197,9 @@ export class UdpSocket {
   close(): Promise<void> {
     this.#closed ??= (async () => {
       this.#closing = true;
-      const one = new Uint8Array(8);
-      one[0] = 1;
-      libc().write(this.#wakeFd, one, 8n);
-      try {
-        await this.finished;
-      } catch {
-        // reported through `finished`
-      }
+      await this.#poll.stop(this.finished);
       closeFd(this.#fd);
-      closeFd(this.#wakeFd);
+      this.#poll.close();
     })();
     return this.#closed;
   }

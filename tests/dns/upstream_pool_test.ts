@@ -2,7 +2,7 @@
 // matching of (resolver address, port, id, question), late answers, rotation, bounds. Unprivileged.
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import { UdpUpstreamPool } from "../../src/dns/upstream_pool.ts";
 import { decode, encodeQuery } from "./fake_upstream.ts";
 import { readDnsQuestions } from "../../src/proto/dns_detect.ts";

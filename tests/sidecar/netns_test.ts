@@ -560,10 +560,13 @@ testWhen(
     await withTopology(async (t, started) => {
       // Docker lets container users bind ports below 1024; IP_FREEBIND needs no privilege at all.
       await t.podSysctl("net.ipv4.ip_unprivileged_port_start", "0");
-      // 1. A remote upstream (here one that never answers, so the forger always comes first).
+      // 1. A remote upstream (here one that never answers, so the forger always comes first): its
+      // address is not local, so sending from it needs IP_TRANSPARENT, i.e. CAP_NET_RAW.
       const remote = await startSidecar(t, [], { env: { EGRESS_POLICY: "allowed.test:80\n" }, upstream: "198.19.0.99" });
       started.push(remote);
-      assert.equal(await t.probe(["forge-upstream", "198.19.0.99", "53", "allowed.test", "198.19.0.13"]), "blocked");
+      const forge = ["forge-upstream", "198.19.0.99", "53", "allowed.test", "198.19.0.13"];
+      assert.equal(await t.probe(forge), "unroutable");
+      assert.equal(await t.probe(forge, ["net_raw"]), "blocked");
       assert.equal(await t.connects("198.19.0.13", 80), false);
       assert.doesNotMatch(await nftSet(t, "dyn4_port"), /198\.19\.0\.13/);
       assert.equal(await remote.stop(), 0);
