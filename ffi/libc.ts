@@ -170,7 +170,9 @@ export function bpfObjPin(fd: number, path: string): void {
   const view = new DataView(attr.buffer);
   view.setBigUint64(0, pointerValue(pathname), true);
   view.setUint32(8, fd, true);
-  const result = Number(libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_OBJ_PIN), attr, BigInt(BPF_ATTR_SIZE)));
+  const result = Number(
+    libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_OBJ_PIN), attr, BigInt(BPF_ATTR_SIZE)),
+  );
   if (result < 0) throw new OsError(`pin BPF object at ${path}`, errno());
 }
 
@@ -185,13 +187,19 @@ export function bpfObjGet(path: string): number {
 }
 
 /** bpf(BPF_MAP_LOOKUP_ELEM) on a map fd: fills `value`; false when the key is absent. */
-export function bpfMapLookup(fd: number, key: Uint8Array<ArrayBuffer>, value: Uint8Array<ArrayBuffer>): boolean {
+export function bpfMapLookup(
+  fd: number,
+  key: Uint8Array<ArrayBuffer>,
+  value: Uint8Array<ArrayBuffer>,
+): boolean {
   const attr = new Uint8Array(BPF_ATTR_SIZE);
   const view = new DataView(attr.buffer);
   view.setUint32(0, fd, true);
   view.setBigUint64(8, pointerValue(key), true);
   view.setBigUint64(16, pointerValue(value), true);
-  const result = Number(libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_MAP_LOOKUP_ELEM), attr, BigInt(BPF_ATTR_SIZE)));
+  const result = Number(
+    libc().syscall_bpf(BigInt(SYS_BPF), BigInt(BPF_MAP_LOOKUP_ELEM), attr, BigInt(BPF_ATTR_SIZE)),
+  );
   if (result === 0) return true;
   const code = errno();
   if (code === ENOENT) return false;

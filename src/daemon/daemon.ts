@@ -277,10 +277,11 @@ export async function runDaemon(
       if (config.policyPath !== undefined && config.policyPath !== "-") {
         await Deno.writeTextFile(`${config.stateDir}/policy.txt`, text, { mode: 0o600 });
       }
-      if (config.policyPath === "-") await Deno.writeTextFile(`${config.stateDir}/policy.txt`, text, { mode: 0o600 });
       if (worker && supervisor?.state === "running") {
         const reply = await worker.request("reload", 10_000);
-        if (!reply.startsWith("reply ok:")) throw new Error(`the worker refused the reload: ${reply.slice(6)}`);
+        if (!reply.startsWith("reply ok:")) {
+          throw new Error(`the worker refused the reload: ${reply.slice(6)}`);
+        }
       }
       try {
         await parts.steering.revokeFastPath();
@@ -333,7 +334,12 @@ export async function runDaemon(
         if (reply.startsWith("counters ")) {
           const body = JSON.parse(reply.slice("counters ".length));
           healthy = healthy && body.healthy !== false;
-          lastWorkerCounters = { allowed: body.allowed, denied: body.denied, dns: body.dns, errors: body.errors };
+          lastWorkerCounters = {
+            allowed: body.allowed,
+            denied: body.denied,
+            dns: body.dns,
+            errors: body.errors,
+          };
         }
       } catch {
         // keep the last counters; the supervisor notices a dead worker by itself
@@ -481,7 +487,8 @@ export async function runDaemon(
             oplog.info(`worker started: pid ${worker.pid}`);
             return worker;
           },
-          log: (level, message) => oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
+          log: (level, message) =>
+            oplog.log(level === "error" ? "ERROR" : level === "warn" ? "WARN" : "INFO", message),
         });
         const started = supervisor;
         teardown.add(PHASE.listeners, "stop the worker", () => started.stop());

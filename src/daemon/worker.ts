@@ -35,7 +35,9 @@ export const WORKER_SPEC_FILE = "worker.json";
 /** Attribution over the pinned map: the same key logic as the supervisor's, read through its fd. */
 export function pinnedAttribution(pin: string): { attribution: Attribution; close(): void } {
   const fd = bpfObjGet(pin);
-  const conns = { lookup: (key: Uint8Array<ArrayBuffer>, value: Uint8Array<ArrayBuffer>) => bpfMapLookup(fd, key, value) };
+  const conns = {
+    lookup: (key: Uint8Array<ArrayBuffer>, value: Uint8Array<ArrayBuffer>) => bpfMapLookup(fd, key, value),
+  };
   // Attribution reads only `conns` and `netnsCookie` of the loaded instance.
   const attribution = new Attribution({ conns, netnsCookie: ownNetnsCookie() } as unknown as EgressBpf);
   return { attribution, close: () => closeFd(fd) };
@@ -60,7 +62,9 @@ async function main(specPath: string): Promise<number> {
   try {
     parsed = await load();
   } catch (error) {
-    const message = error instanceof PolicyError ? error.issues.map(formatIssue).join("; ") : (error as Error).message;
+    const message = error instanceof PolicyError
+      ? error.issues.map(formatIssue).join("; ")
+      : (error as Error).message;
     oplog.error(`worker: Cannot load the policy ${policyPath}: ${message}`);
     return 1;
   }
@@ -93,7 +97,9 @@ async function main(specPath: string): Promise<number> {
   const stop = () =>
     stopping ??= (async () => {
       for (const part of [...running].reverse()) {
-        await part.close().catch((error) => oplog.error(`worker: Cannot stop the ${part.name}: ${error.message}`));
+        await part.close().catch((error) =>
+          oplog.error(`worker: Cannot stop the ${part.name}: ${error.message}`)
+        );
       }
       await connectionLog.close();
       closeConntrack();
@@ -102,7 +108,9 @@ async function main(specPath: string): Promise<number> {
       oplog.close();
     })();
   Deno.addSignalListener("SIGTERM", () => stop().then(() => Deno.exit(0)));
-  Deno.addSignalListener("SIGINT", () => {}); // the supervisor decides; Ctrl-C reaches both
+  // The supervisor decides when to stop and forwards reloads; Ctrl-C and SIGHUP reach both.
+  Deno.addSignalListener("SIGINT", () => {});
+  Deno.addSignalListener("SIGHUP", () => {});
   try {
     running.push(await parts.startDns(context));
     running.push(await parts.startProxy(context));
@@ -112,7 +120,9 @@ async function main(specPath: string): Promise<number> {
     await stop();
     return 1;
   }
-  oplog.info(`worker ${Deno.pid}: listening (proxy ${config.proxyPort}, DNS ${config.dnsPort}, queue ${config.queueNum})`);
+  oplog.info(
+    `worker ${Deno.pid}: listening (proxy ${config.proxyPort}, DNS ${config.dnsPort}, queue ${config.queueNum})`,
+  );
   write("ready");
 
   const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());

@@ -63,7 +63,10 @@ export function spawnWorker(specPath: string): WorkerProcess {
         return await Promise.race([
           reply,
           new Promise<string>((_, reject) => {
-            timer = setTimeout(() => reject(new Error(`the worker did not answer ${line} in ${timeoutMs} ms`)), timeoutMs);
+            timer = setTimeout(
+              () => reject(new Error(`the worker did not answer ${line} in ${timeoutMs} ms`)),
+              timeoutMs,
+            );
           }),
         ]);
       } finally {

@@ -181,6 +181,10 @@ export function buildTableTransaction(spec: TableSpec): string {
   lines.push(`add chain ${chain} { type filter hook output priority filter; policy ${policy}; }`);
   const drop = `counter name "${DROP_COUNTER}" drop`;
   lines.push(
+    // Only forged packets go through loopback with a source that is no local address (raw sockets,
+    // IP_TRANSPARENT with CAP_NET_RAW): e.g. a fake upstream answer to the proxy's query socket,
+    // which would put addresses of the app's choosing into the dynamic sets.
+    `add rule ${chain} oif lo fib saddr type != local ${drop}`,
     `add rule ${chain} oif lo accept`,
     // `oif` is the route chosen before the DNS redirect: redirected queries show up here with the
     // outside interface but a loopback destination.

@@ -1,6 +1,8 @@
 // Upstream DNS queries over a UDP socket carrying SO_MARK, so the DNS redirect and the filter
 // chain let them pass (Deno cannot set socket options on its own sockets: the socket is made
-// through ffi/libc.ts). The socket is connected, so only the upstream's replies are accepted.
+// through ffi/libc.ts). The socket is connected, so only the upstream's address can answer; the
+// app shares the namespace, sees the socket in /proc/net/udp and chose the query, so the query
+// goes out under a random id of ours and a reply must also repeat the question.
 
 import {
   AF_INET,
@@ -17,6 +19,7 @@ import {
   SOCK_NONBLOCK,
   SOL_SOCKET,
 } from "../../ffi/libc.ts";
+import { readDnsQuestions } from "../proto/dns_detect.ts";
 import { parseAddress } from "./address.ts";
 
 export type Upstream = { address: string; port: number };
@@ -71,9 +74,32 @@ function sockaddr(upstream: Upstream): { family: number; bytes: Uint8Array<Array
   return { family: AF_INET6, bytes };
 }
 
+/** A copy of a DNS message with another id. */
+export function withId(message: Uint8Array, id: number): Uint8Array<ArrayBuffer> {
+  const copy = new Uint8Array(message);
+  copy[0] = id >> 8;
+  copy[1] = id & 0xff;
+  return copy;
+}
+
+/** True when `reply` is a response with the id and the questions (names case-insensitive) of `query`. */
+export function answersQuery(query: Uint8Array, reply: Uint8Array): boolean {
+  const sent = readDnsQuestions(query);
+  const got = readDnsQuestions(reply);
+  if (sent.kind !== "ok" || got.kind !== "ok") return false;
+  if (got.id !== sent.id || (got.flags & 0x8000) === 0 || got.questionCount !== sent.questionCount) {
+    return false;
+  }
+  return sent.questions.every((q, i) => {
+    const r = got.questions[i];
+    return r !== undefined && r.type === q.type && r.class === q.class &&
+      r.name.toLowerCase() === q.name.toLowerCase();
+  });
+}
+
 /**
- * Sends one DNS message to `upstream` from a socket marked with `mark` and waits up to
- * `timeoutMs` for the reply with the same id. Resolves undefined on timeout.
+ * Sends one DNS message to `upstream` from a socket marked with `mark` (under a random id) and
+ * waits up to `timeoutMs` for its reply, returned with the caller's id. Undefined on timeout.
  */
 export async function queryUpstream(
   upstream: Upstream,
@@ -94,7 +120,8 @@ export async function queryUpstream(
     if (c.connect(fd, address.bytes, address.bytes.length) !== 0) {
       throw new OsError(`connect to upstream ${upstream.address}:${upstream.port}`, errno());
     }
-    if (Number(c.send(fd, message, BigInt(message.length), 0)) < 0) {
+    const sent = withId(message, crypto.getRandomValues(new Uint16Array(1))[0]);
+    if (Number(c.send(fd, sent, BigInt(sent.length), 0)) < 0) {
       throw new OsError(`send to upstream ${upstream.address}:${upstream.port}`, errno());
     }
     const deadline = Date.now() + timeoutMs;
@@ -111,7 +138,8 @@ export async function queryUpstream(
       if (ready === 0) return undefined;
       const n = Number(c.recv(fd, buffer, BigInt(buffer.length), MSG_DONTWAIT));
       if (n < 0) continue; // EAGAIN, or an ICMP error (ECONNREFUSED): wait for the deadline
-      if (n >= 2 && buffer[0] === message[0] && buffer[1] === message[1]) return buffer.slice(0, n);
+      const reply = buffer.subarray(0, n);
+      if (answersQuery(sent, reply)) return withId(reply, (message[0] << 8) | message[1]);
     }
   } finally {
     closeFd(fd);

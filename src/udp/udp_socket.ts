@@ -14,6 +14,8 @@ import {
   libc,
   MSG_DONTWAIT,
   OsError,
+  SO_RCVBUF,
+  SO_RCVBUFFORCE,
   SO_REUSEADDR,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
@@ -29,6 +31,11 @@ export type UdpSocketOptions = {
   reuseAddr?: boolean;
   /** datagrams handled per drain before yielding to the event loop (default 256) */
   batchLimit?: number;
+  /**
+   * socket receive buffer (default 4 MiB; SO_RCVBUFFORCE as root, else capped by rmem_max): a burst
+   * of queries arriving while the JS thread is busy must not overflow the default ~200 KiB
+   */
+  receiveBufferBytes?: number;
 };
 
 const MAX_DATAGRAM = 65536;
@@ -112,6 +119,12 @@ export class UdpSocket {
         if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, new Uint8Array(one.buffer), 4) < 0) {
           throw new OsError(`set SO_REUSEADDR on UDP ${hostname}:${port}`, errno());
         }
+      }
+      const size = new Int32Array([options.receiveBufferBytes ?? 4 * 1024 * 1024]);
+      const sizeBytes = new Uint8Array(size.buffer);
+      // Best effort: without CAP_NET_ADMIN the kernel caps SO_RCVBUF at rmem_max, still fine.
+      if (lib.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, sizeBytes, 4) < 0) {
+        lib.setsockopt(fd, SOL_SOCKET, SO_RCVBUF, sizeBytes, 4);
       }
       if (lib.bind(fd, address, SOCKADDR_IN_LENGTH) < 0) {
         throw new OsError(`bind UDP ${hostname}:${port}`, errno());

@@ -185,3 +185,113 @@ testWhen(
     }
   },
 );
+
+/** Waits until the operational log shows `count` workers started, the last one listening. */
+async function listeningWorker(oplogPath: string, count: number): Promise<number> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const text = (await read(oplogPath)) ?? "";
+    const pids = [...text.matchAll(/worker started: pid (\d+)/g)].map((m) => Number(m[1]));
+    const last = pids.at(-1);
+    if (pids.length >= count && last !== undefined && text.includes(`worker ${last}: listening`)) return last;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`no listening worker number ${count}:\n${await read(oplogPath)}`);
+}
+
+testWhen(
+  netnsTestsUnmet(["/usr/bin/curl"]) ?? (NODE ? undefined : "needs node"),
+  "action: a killed worker is restarted; five failures in a row leave egress degraded and closed; post fails",
+  async () => {
+    const topology = await createTopology("sup");
+    const runner = await FakeRunner.create("sup");
+    let sim: Awaited<ReturnType<typeof createSimulatedRunner>> | undefined;
+    let daemonRunning = false;
+    try {
+      sim = await createSimulatedRunner(runner, NODE!, {
+        warm: true,
+        inputs: { "INPUT_UPLOAD-LOG": "false" },
+      });
+      const { root, env, files } = sim;
+      const socket = `${root}/run/egress.sock`;
+      const oplogPath = `${root}/var/log/egress/egress.log`;
+      const pre = await output(
+        runner.step([NODE!, `${repo}action/dist/pre.cjs`], { env, netns: topology.runner.path }),
+      );
+      assert.equal(pre.code, 0, `pre failed:\n${pre.stdout}\n${pre.stderr}`);
+      daemonRunning = true;
+      const curl = () =>
+        output(runner.step(
+          [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            `http://${topology.internetIp}:8080/x`,
+          ],
+          { netns: topology.runner.path, uid: NOBODY },
+        ));
+      assert.equal((await curl()).stdout, "403");
+
+      // One crash: traffic is refused while no worker runs, then served again by a new worker.
+      const first = await listeningWorker(oplogPath, 1);
+      Deno.kill(first, "SIGKILL");
+      const during = await curl();
+      assert.notEqual(
+        during.stdout,
+        "403",
+        "no worker: the redirected connection is refused, never let through",
+      );
+      const second = await listeningWorker(oplogPath, 2);
+      assert.notEqual(second, first);
+      assert.equal((await curl()).stdout, "403");
+      const afterOne = await sendControlCommand(socket, "status");
+      assert.match(afterOne.text, /"state":"running","rules":\d+,"restarts":1,/);
+
+      // Four more crashes right after start: the fifth consecutive failure gives up.
+      let pid = second;
+      for (let n = 3; n <= 6; n++) {
+        Deno.kill(pid, "SIGKILL");
+        if (n === 6) break;
+        pid = await listeningWorker(oplogPath, n);
+      }
+      let degraded = "";
+      const deadline = Date.now() + 20_000;
+      while (Date.now() < deadline && !degraded.includes('"degraded"')) {
+        degraded = (await sendControlCommand(socket, "status")).text;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.match(degraded, /"state":"degraded"/);
+      assert.match((await read(oplogPath))!, /ERROR worker failed 5 times in a row/);
+      const closed = await curl();
+      assert.notEqual(closed.stdout, "403");
+      assert.notEqual(closed.stdout, "200", "degraded is fail closed");
+
+      const state = parseFileCommands(await Deno.readTextFile(files.state));
+      const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
+      const post = await output(
+        runner.step([NODE!, `${repo}action/dist/post.cjs`], { env: { ...env, ...stateEnv } }),
+      );
+      daemonRunning = false;
+      assert.equal(post.code, 1);
+      assert.match(
+        post.stdout,
+        /^::error::egress was degraded: its worker failed repeatedly and traffic was blocked$/m,
+      );
+      assert.doesNotMatch(post.stdout, /did not shut down/);
+      assert.equal(await read(socket), undefined);
+      const rules = await run([...topology.runner.prefix(), "iptables-save"]);
+      assert.doesNotMatch(rules.stdout, /EGRESS/);
+    } finally {
+      if (daemonRunning) await sendControlCommand(`${sim!.root}/run/egress.sock`, "shutdown").catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, daemonRunning ? 2000 : 0));
+      await runner.remove();
+      await topology.remove();
+      await sim?.remove();
+    }
+  },
+);

@@ -212,6 +212,31 @@ export class Topology {
     throw new Error(`no usable link-local address on ${this.worldLink}`);
   }
 
+  /**
+   * Docker's embedded-DNS rule inside `pod` (127.0.0.11:53 → a private port, nothing listening):
+   * it also makes conntrack track flows in the namespace before any sidecar starts.
+   */
+  async addDockerDnsNat(): Promise<void> {
+    const r = await this.inPod([
+      "iptables",
+      "-t",
+      "nat",
+      "-A",
+      "OUTPUT",
+      "-d",
+      "127.0.0.11/32",
+      "-p",
+      "udp",
+      "--dport",
+      "53",
+      "-j",
+      "DNAT",
+      "--to-destination",
+      "127.0.0.11:53000",
+    ]);
+    if (r.code !== 0) throw new Error(`iptables DNAT failed: ${r.stderr.trim()}`);
+  }
+
   /** Sets a sysctl of `pod` (per network namespace). */
   async podSysctl(key: string, value: string): Promise<void> {
     const r = await this.inPod(["sysctl", "-q", "-w", `${key}=${value}`]);

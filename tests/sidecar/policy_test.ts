@@ -22,7 +22,7 @@ import {
   staticElements,
 } from "../../src/sidecar/nft.ts";
 import { answerAddresses, errorReply, RCODE_NXDOMAIN } from "../../src/sidecar/dns.ts";
-import { parseUpstream, resolvConfNameservers } from "../../src/sidecar/upstream.ts";
+import { answersQuery, parseUpstream, resolvConfNameservers, withId } from "../../src/sidecar/upstream.ts";
 import { hostNetworkReason } from "../../src/sidecar/sidecar.ts";
 import { readDnsQuestions } from "../../src/proto/dns_detect.ts";
 import dnsPacket from "dns-packet";
@@ -242,6 +242,7 @@ Deno.test("nft: static elements are merged per protocol/port key; table text has
   const lines = text.trim().split("\n");
   assert.deepEqual(lines.slice(0, 2), ["add table inet egress", "flush table inet egress"]);
   const order = [
+    "oif lo fib saddr type != local counter name", // forged loopback sources, before anything else
     "oif lo accept",
     "ct state established,related accept",
     "meta mark 0x1 meta skuid 0 ip daddr . udp dport @upstream4 accept",
@@ -368,4 +369,29 @@ Deno.test("upstreams and host-network check", () => {
     hostNetworkReason({ podIp: "10.0.0.5", hostIp: "10.0.0.6" }, () => dev, () => false),
     undefined,
   );
+});
+
+Deno.test("upstream replies: our id, a response, and the same question (names case-insensitive)", () => {
+  const query = new Uint8Array(dnsPacket.encode({
+    id: 0x4242,
+    type: "query",
+    flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ type: "A", name: "pypi.org" }],
+  }));
+  const sent = withId(query, 0x0707);
+  assert.deepEqual([sent[0], sent[1], query[0], query[1]], [0x07, 0x07, 0x42, 0x42]); // a copy
+  const reply = (id: number, name: string, type: "A" | "AAAA" = "A", response = true) =>
+    new Uint8Array(dnsPacket.encode({
+      id,
+      type: response ? "response" : "query",
+      flags: response ? 0x8180 : 0x0100,
+      questions: [{ type, name }],
+      answers: response ? [{ type: "A", name, ttl: 60, data: "192.0.2.1" }] : [],
+    }));
+  assert.equal(answersQuery(sent, reply(0x0707, "PyPI.org")), true);
+  assert.equal(answersQuery(sent, reply(0x4242, "pypi.org")), false); // the client's id: forged
+  assert.equal(answersQuery(sent, reply(0x0707, "evil.org")), false);
+  assert.equal(answersQuery(sent, reply(0x0707, "pypi.org", "AAAA")), false);
+  assert.equal(answersQuery(sent, reply(0x0707, "pypi.org", "A", false)), false); // not a response
+  assert.equal(answersQuery(sent, new Uint8Array([0x07, 0x07])), false);
 });

@@ -233,9 +233,16 @@ testWhen(reason, "daemon e2e: DNS name policy and UDP decisions over real client
         assert.equal(line.policy, "allow");
       });
 
-      await t.step("DNS over TCP: a denied name is refused", async () => {
+      await t.step("DNS over TCP, on 53 and on another port (detected by its first bytes)", async () => {
         assert.equal(await dig(topology, ip, "other.egress.test", ["+tcp"]), "REFUSED");
         assert.equal(await dig(topology, ip, "a.wild.egress.test", ["+tcp"]), ip);
+        assert.equal(await dig(topology, ip, "other.egress.test", ["+tcp", "-p", "5353"]), "REFUSED");
+        assert.equal(await dig(topology, ip, "a.wild.egress.test", ["+tcp", "-p", "5353"]), ip);
+        const line = await run!.waitForLine(
+          "dns over tcp 5353",
+          (l) => l.type === "dns" && l.dst_port === 5353 && l.name === "other.egress.test",
+        );
+        assert.equal(line.reason, "name not allowed");
       });
 
       await t.step("node's dns.Resolver as an unprivileged client", async () => {
@@ -348,6 +355,29 @@ testWhen(reason, "daemon e2e: DNS name policy and UDP decisions over real client
         assert.ok(udp.every((l) => l.pid === (l.dst_port === 9100 ? allowed.pid : denied.pid)));
       });
 
+      await t.step("a policy reload revokes the fast path of an allowed flow", async () => {
+        const send = (text: string) =>
+          client({ netns: topology.runner, cgroup: topology.cgroup }, [
+            "/usr/bin/python3",
+            "-c",
+            `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 40000)); s.sendto(b"${text}", ("${ip}", 9100))`,
+          ]);
+        await send("before");
+        await run!.waitForLine("flow allowed", (l) => l.type === "udp" && l.src_port === 40000);
+        await Deno.writeTextFile(paths.policy, policyFor(ip).replace(`${ip}:9100/udp\n`, ""));
+        run!.process.signal("SIGHUP");
+        await run!.process.waitFor(
+          "reload",
+          () => Deno.readTextFile(paths.oplog).then((t) => t.includes("policy reloaded")),
+        );
+        await send("after");
+        const denied = await run!.waitForLine(
+          "flow denied after reload",
+          (l) => l.type === "udp" && l.src_port === 40000 && l.policy === "deny",
+        );
+        assert.equal(denied.reason, "no matching rule");
+      });
+
       await t.step("receiver counts: the burst arrived whole, nothing denied arrived", async () => {
         await new Promise((resolve) => setTimeout(resolve, 500));
         await topology.internet.exec([
@@ -357,7 +387,7 @@ testWhen(reason, "daemon e2e: DNS name policy and UDP decisions over real client
         ]);
         await receiver.wait(10_000);
         const counts = JSON.parse(receiver.stdout.trim().split("\n").at(-1) ?? "{}");
-        assert.equal(counts["9100"], BURST);
+        assert.equal(counts["9100"], BURST + 1, "the burst and the flow's packet before the reload");
         assert.equal(counts["9101"], 0);
         assert.equal(counts["443"], 0);
       });
