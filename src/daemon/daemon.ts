@@ -481,6 +481,7 @@ export async function runDaemon(
         const spec: WorkerSpec = { config, upstreamCaPems, connsPin };
         const specPath = `${config.stateDir}/${WORKER_SPEC_FILE}`;
         await Deno.writeTextFile(specPath, JSON.stringify(spec), { mode: 0o600 });
+        teardown.add(PHASE.caKey, `remove ${specPath}`, () => removeFile(specPath).then(() => {}));
         supervisor = new Supervisor({
           spawn: () => {
             worker = spawnWorker(specPath);

@@ -194,12 +194,14 @@ export function buildSteeringRules(input: SteeringConfig): SteeringTableRules[] 
       hex(marks.allowedFlow)
     }`,
     `-p udp -m mark --mark ${allowed} -j RETURN`,
-    // Fast path: a flow judged allowed once.
-    `-p udp -m connmark --mark ${allowed} -j RETURN`,
     // No --queue-bypass: while no consumer is bound the kernel drops the packet (fail closed).
     `-p udp -j NFQUEUE --queue-num ${queueNum}`,
   ];
   const replies = "-m conntrack --ctdir REPLY -j RETURN";
+  // Fast path, first after replies: a UDP flow judged allowed once skips the cgroup match and the
+  // two addrtype route lookups. Safe because a flow towards our own ports is marked direct on its
+  // first packet and never reaches the consumer, so it can never carry this connmark.
+  const fastPath = `-p udp -m connmark --mark ${allowed} -j RETURN`;
 
   const natSteer = [
     `-m mark --mark ${direct} -j RETURN`,
@@ -219,7 +221,7 @@ export function buildSteeringRules(input: SteeringConfig): SteeringTableRules[] 
     {
       table: "filter",
       chains: [
-        { name: "EGRESS-OUTPUT", rules: [dropDirect, ...exempt, tcpNotRedirected, dnsNotRedirected] },
+        { name: "EGRESS-OUTPUT", rules: [dropDirect, fastPath, ...exempt, tcpNotRedirected, dnsNotRedirected] },
         { name: "EGRESS-INPUT", rules: [dropDirect, tcpNotRedirected, dnsNotRedirected] },
         // A redirected packet is delivered locally (INPUT): whatever new TCP or DNS is forwarded escaped.
         {
@@ -250,8 +252,8 @@ export function buildSteeringRules(input: SteeringConfig): SteeringTableRules[] 
     {
       table: "mangle",
       chains: [
-        { name: "EGRESS-OUTPUT", rules: [replies, ...exempt, ...mangleSteer] },
-        { name: "EGRESS-PREROUTING", rules: [replies, ...mangleSteer] },
+        { name: "EGRESS-OUTPUT", rules: [replies, fastPath, ...exempt, ...mangleSteer] },
+        { name: "EGRESS-PREROUTING", rules: [replies, fastPath, ...mangleSteer] },
       ],
       jumps: [
         { from: "PREROUTING", matches: NOT_LOOPBACK, to: "EGRESS-PREROUTING" },

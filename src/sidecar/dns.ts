@@ -37,6 +37,10 @@ export type DnsProxyOptions = {
   timeoutMs?: number;
   /** allowed queries forwarded at the same time; more ⇒ SERVFAIL at once (default 256) */
   maxInFlight?: number;
+  /** TCP clients at the same time (default MAX_TCP_CLIENTS); more are closed at once */
+  maxTcpClients?: number;
+  /** idle TCP clients are closed after this long (default TCP_IDLE_MS) */
+  tcpIdleMs?: number;
   hooks: DnsProxyHooks;
 };
 
@@ -157,7 +161,7 @@ export class SidecarDnsProxy {
   async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
     try {
       for await (const conn of listener) {
-        if (this.#conns.size >= MAX_TCP_CLIENTS) {
+        if (this.#conns.size >= (this.#options.maxTcpClients ?? MAX_TCP_CLIENTS)) {
           conn.close();
           continue;
         }
@@ -172,12 +176,13 @@ export class SidecarDnsProxy {
     this.#conns.add(conn);
     const deframer = new DnsTcpDeframer();
     const clientPort = (conn.remoteAddr as Deno.NetAddr).port;
-    let idle = setTimeout(() => conn.close(), TCP_IDLE_MS);
+    const idleMs = this.#options.tcpIdleMs ?? TCP_IDLE_MS;
+    let idle = setTimeout(() => conn.close(), idleMs);
     try {
       for await (const chunk of conn.readable) {
         for (const message of deframer.push(chunk)) {
           clearTimeout(idle);
-          idle = setTimeout(() => conn.close(), TCP_IDLE_MS);
+          idle = setTimeout(() => conn.close(), idleMs);
           const reply = await this.handle(message, clientPort);
           if (reply === undefined) continue;
           const framed = frameDnsTcp(reply);

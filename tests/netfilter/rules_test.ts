@@ -92,17 +92,35 @@ Deno.test("rules: cgroup matches appear only in chains reached from OUTPUT", () 
   }
 });
 
+const FAST_PATH = "-p udp -m connmark --mark 0x2000000/0x2000000 -j RETURN";
+
+Deno.test("rules: an allowed UDP flow returns before the costly matches, never before the direct-port marking of new flows", () => {
+  const rules = buildSteeringRules(CONFIG);
+  for (const name of ["EGRESS-OUTPUT", "EGRESS-PREROUTING"]) {
+    const mangle = chain(rules, "mangle", name);
+    const fast = mangle.indexOf(FAST_PATH);
+    assert.equal(fast, 1, name);
+    assert.ok(fast < indexOf(mangle, /addrtype/), name);
+    assert.ok(fast < indexOf(mangle, /NFQUEUE/), name);
+    // The mark that saves the connmark is set only by the consumer's verdict.
+    assert.ok(indexOf(mangle, /CONNMARK --save-mark/) > indexOf(mangle, /addrtype/), name);
+  }
+});
+
 Deno.test("rules: the exempt cgroup returns before any mark, redirect, queue or drop of its traffic", () => {
   const rules = buildSteeringRules(CONFIG);
   const exempt = /^-m cgroup --path "\/system\.slice\/egress\.scope" -j RETURN$/;
   assert.match(chain(rules, "nat", "EGRESS-OUTPUT")[0], exempt);
   const mangle = chain(rules, "mangle", "EGRESS-OUTPUT");
   assert.equal(mangle[0], "-m conntrack --ctdir REPLY -j RETURN");
-  assert.match(mangle[1], exempt);
+  // Only the allowed-flow fast path (a RETURN, never a mark) may come before the exemption.
+  assert.equal(mangle[1], FAST_PATH);
+  assert.match(mangle[2], exempt);
   const filter = chain(rules, "filter", "EGRESS-OUTPUT");
   // The direct-port drop may come first: the exempt cgroup's packets never get that mark.
   assert.equal(filter[0], "-m mark --mark 0x4000000/0x4000000 -j DROP");
-  assert.match(filter[1], exempt);
+  assert.equal(filter[1], FAST_PATH);
+  assert.match(filter[2], exempt);
   assert.ok(indexOf(filter, exempt) < indexOf(filter, /--ctstate NEW,UNTRACKED/));
 });
 

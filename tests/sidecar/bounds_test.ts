@@ -12,6 +12,8 @@ import { ConnectionLog } from "../../src/log/connection_log.ts";
 import { OperationalLog } from "../../src/log/operational_log.ts";
 import { parseTextPolicy } from "../../src/sidecar/policy.ts";
 import { Sidecar } from "../../src/sidecar/sidecar.ts";
+import { SidecarDnsProxy } from "../../src/sidecar/dns.ts";
+import { compilePolicy, DENY_ALL, judgeName } from "../../src/sidecar/policy.ts";
 
 const SKIP = unmet([[needsRoot() === undefined, "needs root (SO_MARK)"], [
   commandExists("/bin/sh"),
@@ -146,3 +148,69 @@ testWhen(SKIP, "bounds: queries beyond the in-flight cap get SERVFAIL at once", 
     assert.equal((await ask(port, "n5.cap.test")).rcode, 0); // slots are given back
   });
 }, OPTIONS);
+
+/** Resolves with "closed" when the peer closes `conn`, or "open" after `ms`. */
+async function closedWithin(conn: Deno.TcpConn, ms: number): Promise<"closed" | "open"> {
+  const buffer = new Uint8Array(16);
+  const timeout = new Promise<"open">((r) => setTimeout(() => r("open"), ms));
+  const read = conn.read(buffer).then((n) => (n === null ? "closed" as const : "open" as const))
+    .catch(() => "closed" as const);
+  return await Promise.race([read, timeout]);
+}
+
+Deno.test({
+  name: "bounds: TCP DNS clients beyond the cap are closed at once; idle ones after the idle time",
+  ...OPTIONS,
+  fn: async () => {
+    const compiled = compilePolicy(DENY_ALL);
+    const port = freePort();
+    const proxy = new SidecarDnsProxy({
+      port,
+      upstreams: [],
+      mark: 1,
+      maxTcpClients: 3,
+      tcpIdleMs: 400,
+      hooks: {
+        judge: (name) => judgeName(compiled, name),
+        onAnswer: () => Promise.resolve(),
+        log: () => {},
+        warn: () => {},
+      },
+    });
+    await proxy.start();
+    const clients: Deno.TcpConn[] = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        clients.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+        await new Promise((r) => setTimeout(r, 50)); // let the proxy accept in order
+      }
+      assert.equal(await closedWithin(clients[3], 200), "closed"); // the fourth: over the cap
+      assert.equal(await closedWithin(clients[2], 100), "open"); // (its read stays pending)
+      // A client that asks is answered (NXDOMAIN under deny-all) ...
+      const query = dnsPacket.encode({ id: 7, type: "query", questions: [{ type: "A", name: "x.test" }] });
+      const framed = new Uint8Array(query.length + 2);
+      framed.set([query.length >> 8, query.length & 0xff]);
+      framed.set(query, 2);
+      await clients[0].write(framed);
+      const reply = new Uint8Array(512);
+      let got = 0;
+      while (got < 6) {
+        const n = await clients[0].read(reply.subarray(got));
+        assert.ok(n !== null, "closed before the answer");
+        got += n;
+      }
+      assert.equal(reply[2 + 3] & 0x0f, 3);
+      // ... silent ones are closed after the idle time.
+      assert.equal(await closedWithin(clients[1], 800), "closed");
+    } finally {
+      for (const client of clients) {
+        try {
+          client.close();
+        } catch {
+          // closed by the proxy
+        }
+      }
+      proxy.close();
+    }
+  },
+});

@@ -16,6 +16,8 @@ const TOOLS = [
   "/usr/bin/dig",
   "/usr/bin/curl",
   "/usr/bin/python3",
+  "/usr/sbin/iptables",
+  "/usr/sbin/sysctl",
 ];
 
 export function sidecarTestsUnmet(): string | undefined {
