@@ -1,6 +1,7 @@
 // `egress start` flags (cli.md) → DaemonConfig. Pure apart from the environment lookup passed in.
 
 import { CliError, parseArgs, UsageError } from "../cli/args.ts";
+import { PACKAGE_CHECK_ENV, packageCheckBaseUrl } from "../packages/reputation.ts";
 
 export type DnsUpstream = { ip: string; port: number };
 
@@ -22,6 +23,10 @@ export type DaemonConfig = {
   queueNum: number;
   upstreamCaFiles: string[];
   dnsUpstreams: DnsUpstream[];
+  /** --package-check (extras.md §1) */
+  packageCheck: boolean;
+  /** --package-check-url (else EGRESS_PACKAGE_CHECK_URL, read at start) */
+  packageCheckUrl?: string;
   /** GitHub runner integration (runner.md) */
   runner: boolean;
   /** runner mode: keep sudo and log its use */
@@ -79,8 +84,6 @@ const FLAGS = {
   "no-container-certs": { kind: "boolean" },
 } as const;
 
-const LATER = ["package-check", "package-check-url"] as const;
-
 function integer(flag: string, text: string | undefined, fallback: number, min: number, max: number): number {
   if (text === undefined) return fallback;
   if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
@@ -103,6 +106,15 @@ export function parseDnsUpstream(text: string): DnsUpstream {
   return { ip: match[1], port };
 }
 
+/** The reputation API base (flag, else EGRESS_PACKAGE_CHECK_URL, else the public service); exit 2 if bad. */
+function packageCheckUrl(flag: string | undefined, env: (key: string) => string | undefined): string {
+  try {
+    return packageCheckBaseUrl(flag, env(PACKAGE_CHECK_ENV));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
 /** Returns the config, or "help" when -h was given. Throws UsageError / CliError(2). */
 export function parseStartArgs(
   argv: readonly string[],
@@ -111,12 +123,6 @@ export function parseStartArgs(
   const { flags, positionals } = parseArgs(argv, FLAGS);
   if (flags.help) return "help";
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
-  for (const name of LATER) {
-    const value = flags[name];
-    if (value !== false && value !== undefined) {
-      throw new CliError(`--${name} is not available yet in this version`, 2);
-    }
-  }
   const logPath = flags.log ?? "/var/log/egress/connections.jsonl";
   if (logPath === "" || logPath === "-") throw new UsageError("--log needs a file path");
   const slash = logPath.lastIndexOf("/");
@@ -146,6 +152,8 @@ export function parseStartArgs(
     queueNum: integer("queue-num", flags["queue-num"], 15, 0, 65535),
     upstreamCaFiles: flags["upstream-ca"],
     dnsUpstreams: flags["dns-upstream"].map(parseDnsUpstream),
+    packageCheck: flags["package-check"],
+    packageCheckUrl: packageCheckUrl(flags["package-check-url"], env),
     runner: flags.runner,
     allowSudo: flags["allow-sudo"],
     containerCerts: !flags["no-container-certs"],

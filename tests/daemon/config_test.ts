@@ -69,13 +69,23 @@ Deno.test("start flags: every flag, repeatable ones, GITHUB_REPOSITORY", () => {
   assert.equal(config.queueNum, 0);
 });
 
-Deno.test("start flags: later features and bad values are usage errors (exit 2)", () => {
-  for (const argv of [["--package-check"], ["--package-check-url", "x"]]) {
-    assert.throws(
-      () => parseStartArgs(argv),
-      (e: unknown) => e instanceof CliError && e.exitCode === 2 && /not available yet/.test(e.message),
-    );
-  }
+Deno.test("start flags: package check flags, bad values are usage errors (exit 2)", () => {
+  const checked = parseStartArgs(
+    ["--package-check", "--package-check-url", "http://127.0.0.1:9/api"],
+    () => undefined,
+  );
+  if (checked === "help") throw new Error("unexpected help");
+  assert.equal(checked.packageCheck, true);
+  assert.equal(checked.packageCheckUrl, "http://127.0.0.1:9/api");
+  const fromEnv = parseStartArgs(
+    ["--package-check"],
+    (key) => key === "EGRESS_PACKAGE_CHECK_URL" ? "http://127.0.0.1:8/x" : undefined,
+  );
+  if (fromEnv !== "help") assert.equal(fromEnv.packageCheckUrl, "http://127.0.0.1:8/x");
+  assert.throws(
+    () => parseStartArgs(["--package-check-url", "not a url"]),
+    (e: unknown) => e instanceof CliError && e.exitCode === 2 && /--package-check-url/.test(e.message),
+  );
   for (const argv of [["--allow-sudo"], ["--no-container-certs"]]) {
     assert.throws(
       () => parseStartArgs(argv),
@@ -127,7 +137,7 @@ Deno.test("start and demo without root: a clear message and exit 1, before anyth
       /^egress demo: needs root: it creates two throw-away network namespaces/m,
     );
     assert.equal(
-      await runGuarded("start", () => runStart(["--package-check"], () => 1000)),
+      await runGuarded("start", () => runStart(["--proxy-port", "0"], () => 1000)),
       2,
       "usage first",
     );

@@ -4,10 +4,20 @@
 
 import type { DnsProxy } from "../../dns/dns_proxy.ts";
 import { startProxy } from "../../proxy/server.ts";
+import { createRequestHooks } from "../../packages/request_hooks.ts";
+import denoConfig from "../../../deno.json" with { type: "json" };
 import type { PartContext, RunningPart } from "../parts.ts";
 
 export async function startProxyPart(context: PartContext): Promise<RunningPart> {
+  const requestHooks = createRequestHooks({
+    packageCheck: context.config.packageCheck,
+    packageCheckUrl: context.config.packageCheckUrl,
+    version: denoConfig.version,
+    env: (key) => Deno.env.get(key),
+    log: context.oplog,
+  });
   const handle = await startProxy({
+    requestHooks,
     hostname: "0.0.0.0",
     port: context.config.proxyPort,
     resolveConnection: (conn) => context.resolveConnection(conn),
