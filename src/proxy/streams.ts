@@ -314,6 +314,15 @@ export class BufferedReader {
     if (this.#eof || this.#pushedBack.length > 0) return;
     this.#start().catch(() => {});
   }
+
+  /**
+   * Resolves once a chunk, the end or an error is waiting, without consuming it (the next
+   * `read` returns it): lets the proxy see which side of a connection speaks first.
+   */
+  async ready(): Promise<void> {
+    if (this.#pushedBack.length > 0 || (this.#eof && !this.#inflight)) return;
+    await this.#start().then(() => {}, () => {});
+  }
 }
 
 /** Joins chunks (small helper for head buffers). */

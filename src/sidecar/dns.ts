@@ -213,7 +213,7 @@ export class SidecarDnsProxy {
     const verdict = hooks.judge(name);
     const first = upstreams[0];
     const ruleFields = verdict.entry !== undefined
-      ? { rule: verdict.entry.entry.target, line: verdict.entry.index + 1 }
+      ? { rule: verdict.entry.entry.source ?? verdict.entry.entry.target, line: verdict.entry.index + 1 }
       : {};
     if (verdict.policy === "deny") {
       this.counters.dns_denied++;

@@ -1,7 +1,7 @@
 // Sidecar policy (sidecar.md §4): the JSON form, the policy-language form limited to network rules,
 // and their compiled shape used by the DNS proxy and the nftables generator. Pure: no Deno API.
 
-import { validatePolicy } from "../policy/policy.ts";
+import { parsePolicy, ruleSourceText, validatePolicy } from "../policy/policy.ts";
 import { hostPatternMatches, normalizeHostname } from "../policy/hostname.ts";
 import { columnAt, splitLines } from "../policy/lines.ts";
 import type { PolicyIssue, Rule } from "../policy/types.ts";
@@ -18,6 +18,11 @@ export type SidecarEntry = {
   target: string;
   ports?: number[] | "*";
   protocol?: SidecarProtocol;
+  /**
+   * Policy-language entries: their source line (trimmed, inline comment removed), logged as `rule`
+   * (events.md). Not part of the API view.
+   */
+  source?: string;
 };
 
 export type SidecarPolicy = { defaultAction: SidecarAction; egress: SidecarEntry[] };
@@ -214,13 +219,20 @@ const SUPPORTED: ReadonlySet<Rule["type"]> = new Set([
   "dns_wildcard_host",
 ]);
 
+/** Source text of each rule of error-free policy text, in rule order. */
+function sourceLines(text: string): string[] {
+  const policy = parsePolicy(text);
+  return policy.rules.map((_, index) => ruleSourceText(policy, index));
+}
+
 /** Parses policy-language text: allow rules, defaultAction deny; only network rule kinds. */
 export function parseTextPolicy(text: string): ParseResult {
   const result = validatePolicy(text);
   const errors = [...result.errors];
   const lines = new Map(splitLines(text).map((line) => [line.number, line.text]));
   const egress: SidecarEntry[] = [];
-  for (const rule of result.rules) {
+  let sources: string[] | undefined;
+  for (const [index, rule] of result.rules.entries()) {
     const lineText = lines.get(rule.line) ?? "";
     const firstColumn = columnAt(lineText, Math.max(0, lineText.search(/\S/)));
     const unsupported = (what: string, at = firstColumn) =>
@@ -248,6 +260,7 @@ export function parseTextPolicy(text: string): ParseResult {
     }
     const dns = rule.type === "dns_host" || rule.type === "dns_wildcard_host";
     const entry: SidecarEntry = { action: "allow", target: dns ? `dns:${rule.target}` : rule.target };
+    if (result.errors.length === 0) entry.source = (sources ??= sourceLines(text))[index];
     if (!dns) {
       entry.ports = rule.port === "*" ? "*" : [...rule.port];
       entry.protocol = rule.protocol;

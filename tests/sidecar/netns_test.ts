@@ -156,7 +156,7 @@ testWhen(
       assert.equal(denied.dst_ip, WORLD4);
       assert.equal(denied.dst_port, 53);
       const allowed = lines.find((l) => l.name === "allowed.test" && l.policy === "allow");
-      assert.deepEqual([allowed.rule, allowed.line], ["allowed.test", 1]);
+      assert.deepEqual([allowed.rule, allowed.line], ["allowed.test:80|853|8080", 1]); // source line
       assert.match(h.stderr(), /INFO enforcement dns\+nft/);
       assert.match(h.stderr(), /cleanup: removed nftables table inet egress/);
     });

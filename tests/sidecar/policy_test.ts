@@ -86,17 +86,27 @@ Deno.test("json policy: syntax errors point at the line, bad shapes are line 0",
 
 Deno.test("text policy: network rules become allow entries with ports and protocol", () => {
   const policy = ok(
-    parseTextPolicy("pypi.org\n*.svc.cluster.local:*\n10.1.2.3/8:53/udp\ndns:only.example.com\n"),
+    parseTextPolicy(
+      "pypi.org\n# comment\n  *.svc.cluster.local:*   # inline\n10.1.2.3/8:53/udp\ndns:only.example.com\n",
+    ),
   );
   assert.deepEqual(policy, {
     defaultAction: "deny",
     egress: [
-      { action: "allow", target: "pypi.org", ports: [443], protocol: "tcp" },
-      { action: "allow", target: "*.svc.cluster.local", ports: "*", protocol: "tcp" },
-      { action: "allow", target: "10.1.2.3/8", ports: [53], protocol: "udp" },
-      { action: "allow", target: "dns:only.example.com" },
+      { action: "allow", target: "pypi.org", ports: [443], protocol: "tcp", source: "pypi.org" },
+      {
+        action: "allow",
+        target: "*.svc.cluster.local",
+        ports: "*",
+        protocol: "tcp",
+        source: "*.svc.cluster.local:*",
+      },
+      { action: "allow", target: "10.1.2.3/8", ports: [53], protocol: "udp", source: "10.1.2.3/8:53/udp" },
+      { action: "allow", target: "dns:only.example.com", source: "dns:only.example.com" },
     ],
   });
+  // the API view leaves the source out
+  assert.deepEqual(Object.keys(policyToJson(policy).egress[0]), ["action", "target", "ports", "protocol"]);
 });
 
 Deno.test("text policy: URL rules, attributes and flags are not supported in sidecar mode", () => {
