@@ -34,8 +34,27 @@ for entry in "${needs[@]}"; do
   [ -e "$probe" ] || missing+=("$pkg")
 done
 
+# The `egress` launcher on PATH (cli.md): runs this checkout's mod.ts with the pinned Deno.
+install_launcher() {
+  local repo launcher=/usr/local/bin/egress
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  [ "$(id -u)" -eq 0 ] && [ -d /usr/local/bin ] || return 0
+  if [ -e "$launcher" ] && ! grep -q "^# egress launcher" "$launcher" 2>/dev/null; then
+    echo "setup: $launcher exists and is not an egress launcher; leaving it alone" >&2
+    return 0
+  fi
+  cat >"$launcher.tmp" <<LAUNCHER
+#!/bin/sh
+# egress launcher (written by scripts/setup.sh of $repo)
+export DENO_NO_UPDATE_CHECK=1
+exec npx -y deno@2.9.6 run -A --config "$repo/deno.json" "$repo/mod.ts" "\$@"
+LAUNCHER
+  chmod 0755 "$launcher.tmp" && mv "$launcher.tmp" "$launcher"
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all Debian packages present"
+  install_launcher
   exit 0
 fi
 
@@ -54,4 +73,5 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/egress-setu
   tail -n 20 /tmp/egress-setup-apt.log >&2
   exit 1
 }
+install_launcher
 echo "setup: done"

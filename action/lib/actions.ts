@@ -73,6 +73,11 @@ export function exportVariable(name: string, value: string, env: NodeJS.ProcessE
   appendTo("GITHUB_ENV", fileCommand(name, value), env);
 }
 
+/** Sets a step output (`steps.<id>.outputs.<name>`) for the workflow's later expressions. */
+export function setOutput(name: string, value: string, env: NodeJS.ProcessEnv = process.env): void {
+  appendTo("GITHUB_OUTPUT", fileCommand(name, value), env);
+}
+
 /** Saves state for this action's later entry points (read back as STATE_<name>). */
 export function saveState(name: string, value: string, env: NodeJS.ProcessEnv = process.env): void {
   appendTo("GITHUB_STATE", fileCommand(name, value), env);

@@ -3,7 +3,7 @@
 // to be ready, and export the CA variables.
 
 import { execFileSync, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, statSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { caEnvironment } from "../../src/runner/paths.ts";
@@ -151,6 +151,19 @@ function daemonEnvironment(env: NodeJS.ProcessEnv, inputs: Inputs, denoDir: stri
   return out;
 }
 
+/**
+ * The ready file exists and was written after `since`: a file left by an earlier run (the daemon
+ * removes it only once it gets going) must not make pre report enforcing before it is. A second of
+ * slack for the file system's coarse clock.
+ */
+export function isFreshFile(path: string, since: number): boolean {
+  try {
+    return statSync(path).mtimeMs >= since - 1000;
+  } catch {
+    return false;
+  }
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -177,6 +190,7 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   const argv = launchCommand(daemonArgs(deno.path, paths, inputs, env), daemonEnv);
   const outputPath = join(paths.workDir, "daemon.out");
   const output = openSync(outputPath, "a", 0o600);
+  const launched = Date.now();
   const child = spawn(argv[0], argv.slice(1), {
     detached: true,
     stdio: ["pipe", output, output],
@@ -194,7 +208,7 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
 
   const timeout = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
   const deadline = Date.now() + timeout;
-  while (!existsSync(paths.readyFile)) {
+  while (!isFreshFile(paths.readyFile, launched)) {
     if (exitCode !== undefined || Date.now() > deadline) {
       const why = exitCode !== undefined
         ? `the daemon exited with code ${exitCode}`
@@ -206,16 +220,13 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
     await sleep(READY_POLL_MS);
   }
 
-  // The token is root-only; read it now, while sudo still works, and hand it on only through state.
+  // The token is root-only; read it now, while sudo still works, and hand it on only through state
+  // (to main, which offers it as a step output for the sub-actions, and to post). Never to a file:
+  // every step runs as the same user, so a runner-owned copy would be everyone's.
   const token = readPrivileged(join(paths.stateDir, "control-token"))?.trim();
   if (!token) throw new StepFailure(`Cannot read the control token from ${paths.stateDir}`);
   setSecret(token);
   saveState("control_token", token, env);
-  // The sub-actions (disable-sudo, enable-sudo) are separate actions without access to this state:
-  // they read a runner-owned copy (0600). The daemon still requires the trusted action context.
-  const tokenCopy = join(paths.workDir, "control-token");
-  writeFileSync(tokenCopy, token + "\n", { mode: 0o600 });
-  chmodSync(tokenCopy, 0o600);
 
   for (const [name, value] of Object.entries(caEnvironment(paths.system))) exportVariable(name, value, env);
   saveState("ready_ms", String(Date.now() - started), env);

@@ -1,9 +1,10 @@
-// disable-sudo / enable-sudo sub-actions (runner.md §1, §5): one control command each.
+// disable-sudo / enable-sudo sub-actions (runner.md §1, §5): one control command each. The control
+// token comes from the input `token`, which the workflow fills from the egress step's output
+// (`${{ steps.<id>.outputs.control-token }}`); the daemon also requires this step's trusted action
+// context to be egress's own repository.
 
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import process from "node:process";
-import { annotation, emit } from "./actions.ts";
+import { annotation, emit, getInput } from "./actions.ts";
 import { actionPaths } from "./config.ts";
 import { sendCommand } from "./control.ts";
 
@@ -12,11 +13,13 @@ export async function runControlCommand(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
   const paths = actionPaths(env);
-  let token = "";
-  try {
-    token = readFileSync(join(paths.workDir, "control-token"), "utf8").trim();
-  } catch {
-    emit(annotation("error", `Cannot ${command}: the egress action's pre step has not run in this job`));
+  const token = getInput("token", env);
+  if (token === "") {
+    emit(annotation(
+      "error",
+      `Cannot ${command}: input token is empty; pass the egress step's output, ` +
+        "token: ${{ steps.<egress step id>.outputs.control-token }}",
+    ));
     return 1;
   }
   try {

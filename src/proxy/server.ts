@@ -20,6 +20,7 @@ import {
   type ResolvedConnection,
 } from "./context.ts";
 import { HttpSession } from "./http_session.ts";
+import type { ConnectionLogEvent } from "../log/connection_log.ts";
 import { relayBothWays, type RelayResult } from "./relay.ts";
 import { BufferedReader, type ByteStream, concatBytes, DenoConnStream, ReadTimeout } from "./streams.ts";
 import {
@@ -87,6 +88,8 @@ type FirstBytes =
   | { kind: "http"; bytes: Uint8Array }
   | { kind: "dns"; bytes: Uint8Array }
   | { kind: "raw"; bytes: Uint8Array; why: string }
+  /** could still be TLS or HTTP (malformed or incomplete): never relayed on a `tcp` verdict */
+  | { kind: "refused"; bytes: Uint8Array; why: string }
   | { kind: "closed" };
 
 const MAX_CLASSIFY_BYTES = 70 * 1024;
@@ -112,13 +115,20 @@ async function classifyFirstBytes(reader: BufferedReader, timeouts: ProxyTimeout
   const deadline = Date.now() + timeouts.headMs;
   for (;;) {
     let waitMs = timeouts.firstByteMs;
+    // Set while the bytes may still become a ClientHello or a request line. Such a stream is
+    // refused when it stays incomplete: relayed on a `tcp` verdict (IP rules, DNS cache), a
+    // client pausing mid-hello ("G", 300 ms, "ET / ...") would skip the SNI and Host decisions.
+    let undecided: string | undefined;
     if (mayBeTls(bytes)) {
       const hello = parseClientHello(bytes);
       if (hello.kind === "client_hello") return { kind: "tls", hello, bytes };
       if (hello.kind === "malformed") {
-        return { kind: "raw", bytes, why: `malformed ClientHello: ${hello.reason}` };
+        return { kind: "refused", bytes, why: `malformed ClientHello: ${hello.reason}` };
       }
-      if (hello.kind === "need_more") waitMs = timeouts.headMs; // a TLS record header is unmistakable
+      if (hello.kind === "need_more") {
+        waitMs = timeouts.headMs; // a TLS record header is unmistakable
+        undecided = "incomplete ClientHello";
+      }
     } else {
       const http = classifyHttpRequestStart(bytes);
       if (http === "http") return { kind: "http", bytes };
@@ -127,19 +137,23 @@ async function classifyFirstBytes(reader: BufferedReader, timeouts: ProxyTimeout
       if (http === "not_http" && dns === "not_dns") {
         return { kind: "raw", bytes, why: "not TLS, HTTP or DNS" };
       }
+      if (http === "need_more") {
+        waitMs = timeouts.headMs;
+        undecided = "incomplete HTTP request line";
+      }
     }
+    const incomplete = (why: string): FirstBytes =>
+      undecided ? { kind: "refused", bytes, why: undecided } : { kind: "raw", bytes, why };
     const left = Math.min(waitMs, deadline - Date.now());
-    if (left <= 0 || bytes.length >= MAX_CLASSIFY_BYTES) {
-      return { kind: "raw", bytes, why: "first bytes incomplete" };
-    }
+    if (left <= 0 || bytes.length >= MAX_CLASSIFY_BYTES) return incomplete("first bytes incomplete");
     let more: Uint8Array | null;
     try {
       more = await reader.read(left);
     } catch (error) {
-      if (error instanceof ReadTimeout) return { kind: "raw", bytes, why: "first bytes incomplete" };
+      if (error instanceof ReadTimeout) return incomplete("first bytes incomplete");
       throw error;
     }
-    if (more === null) return { kind: "raw", bytes, why: "client ended after the first bytes" };
+    if (more === null) return incomplete("client ended after the first bytes");
     bytes = concatBytes(bytes, more);
   }
 }
@@ -313,6 +327,18 @@ class Proxy {
       ctx.ops.debug(`proxy ${info.dst_ip}:${info.dst_port}: client failed early: ${describe(error)}`);
       return;
     }
+    await this.#dispatch(ctx, conn, client, first, closers);
+  }
+
+  /** Hands classified first bytes to their handler (again for a silent client that spoke late). */
+  async #dispatch(
+    ctx: ConnectionContext,
+    conn: Deno.TcpConn,
+    client: BufferedReader,
+    first: FirstBytes,
+    closers: Set<{ close(): void }>,
+  ): Promise<void> {
+    const info = ctx.info;
     switch (first.kind) {
       case "closed":
         return;
@@ -327,16 +353,34 @@ class Proxy {
           return await this.#o.dnsOverTcp(conn, first.bytes, info);
         }
         client.unread(first.bytes);
-        return await this.#rawTcp(ctx, client, () => this.#tcpUpstream(info!), closers);
-      case "raw":
-        if (first.why.startsWith("malformed")) {
-          this.#o.operationalLog.debug(
-            `proxy ${info.dst_ip}:${info.dst_port}: ${first.why}; judged as raw TCP`,
-          );
-        }
+        return await this.#rawTcp(ctx, client, () => this.#tcpUpstream(info), closers);
+      case "refused":
+        return this.#refuse(ctx, first.why);
+      case "raw": {
         client.unread(first.bytes);
-        return await this.#rawTcp(ctx, client, () => this.#tcpUpstream(info!), closers);
+        // Server speaks first: but if the client speaks before the server, classify it after all.
+        const late = first.why === "client silent"
+          ? (again: FirstBytes) => this.#dispatch(ctx, conn, client, again, closers)
+          : undefined;
+        return await this.#rawTcp(ctx, client, () => this.#tcpUpstream(info), closers, late);
+      }
     }
+  }
+
+  /**
+   * Malformed or incomplete TLS/HTTP first bytes: the connection fails with a logged reason.
+   * A `tcp` line is written only when the `tcp` verdict denies anyway (no relay happened).
+   */
+  #refuse(ctx: ConnectionContext, why: string): void {
+    const { dst_ip, dst_port } = ctx.info;
+    ctx.ops.warn(`proxy ${dst_ip}:${dst_port}: refused the connection: ${why}`);
+    const judgement = ctx.judge({ type: "tcp" });
+    if (!judgement.decision.allowed) ctx.logLine(this.#tcpLine(ctx, judgement), judgement);
+  }
+
+  #tcpLine(ctx: ConnectionContext, judgement: Judgement): ConnectionLogEvent {
+    const host = judgement.decision.hostname ?? this.#o.dnsCache?.lookup(ctx.info.dst_ip);
+    return host ? { type: "tcp", host } : { type: "tcp" };
   }
 
   async #tcpUpstream(info: ResolvedConnection): Promise<ByteStream> {
@@ -352,16 +396,22 @@ class Proxy {
     });
   }
 
-  /** Raw TCP: one `tcp` decision and line per connection, then a relay with half-close. */
+  /**
+   * Raw TCP: one `tcp` decision and line per connection, then a relay with half-close. With
+   * `late` (the client was silent), whoever speaks first decides: the server ⇒ relayed; the
+   * client ⇒ its bytes are classified and handed to `late` unless they are raw TCP, so a client
+   * that waits 250 ms cannot carry a ClientHello or a request past the SNI/Host decisions on a
+   * `tcp` verdict (the unused upstream connection is closed).
+   */
   async #rawTcp(
     ctx: ConnectionContext,
     client: BufferedReader,
     connect: () => Promise<ByteStream>,
     closers: Set<{ close(): void }>,
+    late?: (first: FirstBytes) => Promise<void>,
   ): Promise<void> {
     const judgement = ctx.judge({ type: "tcp" });
-    const host = judgement.decision.hostname ?? this.#o.dnsCache?.lookup(ctx.info.dst_ip);
-    const line = host ? { type: "tcp" as const, host } : { type: "tcp" as const };
+    const line = this.#tcpLine(ctx, judgement);
     if (!judgement.decision.allowed) {
       ctx.logLine(line, judgement);
       return;
@@ -375,8 +425,30 @@ class Proxy {
       return;
     }
     closers.add(upstream);
+    const server = new BufferedReader(upstream);
+    if (late) {
+      const spoken = await Promise.race([
+        client.ready().then(() => "client" as const),
+        server.ready().then(() => "server" as const),
+      ]);
+      if (spoken === "client") {
+        let first: FirstBytes;
+        try {
+          first = await classifyFirstBytes(client, this.#timeouts);
+        } catch (error) {
+          ctx.ops.debug(`proxy ${ctx.info.dst_ip}:${ctx.info.dst_port}: client failed: ${describe(error)}`);
+          return;
+        }
+        if (first.kind !== "raw" && first.kind !== "closed") {
+          closers.delete(upstream);
+          upstream.close();
+          return await late(first);
+        }
+        if (first.kind === "raw") client.unread(first.bytes);
+      }
+    }
     ctx.logLine(line, judgement);
-    relayEnded(ctx, await relayBothWays(client, new BufferedReader(upstream)));
+    relayEnded(ctx, await relayBothWays(client, server));
   }
 
   async #plainHttp(ctx: ConnectionContext, client: BufferedReader, closers: Set<{ close(): void }>) {
@@ -462,7 +534,21 @@ class Proxy {
       );
       return;
     }
+    await this.#inside(ctx, client, sni, insecure, inner, closers);
+  }
+
+  /** What an intercepted client sent after the handshake: HTTP/1.x requests, or raw TCP. */
+  async #inside(
+    ctx: ConnectionContext,
+    client: BufferedReader,
+    sni: string | undefined,
+    insecure: boolean,
+    inner: FirstBytes,
+    closers: Set<{ close(): void }>,
+  ): Promise<void> {
+    const info = ctx.info;
     if (inner.kind === "closed") return;
+    if (inner.kind === "refused") return this.#refuse(ctx, inner.why);
     client.unread(inner.bytes);
     if (inner.kind === "http") {
       const session = new HttpSession({
@@ -480,8 +566,13 @@ class Proxy {
       await session.run();
       return;
     }
-    // TLS carrying something other than HTTP/1.x: judged as raw TCP after the handshake.
-    await this.#rawTcp(ctx, client, () => this.#tlsUpstream(info, sni ?? info.dst_ip, insecure), closers);
+    // TLS carrying something other than HTTP/1.x: judged as raw TCP after the handshake. A
+    // silent client that sends a request later still gets every request decided.
+    const late = inner.kind === "raw" && inner.why === "client silent"
+      ? (again: FirstBytes) => this.#inside(ctx, client, sni, insecure, again, closers)
+      : undefined;
+    const connect = () => this.#tlsUpstream(info, sni ?? info.dst_ip, insecure);
+    await this.#rawTcp(ctx, client, connect, closers, late);
   }
 }
 

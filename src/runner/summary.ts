@@ -13,9 +13,34 @@ export type SummaryOptions = {
   notes?: string[];
 };
 
-/** Escapes a table cell: `|` and backticks, and line breaks. */
-export function escapeCell(text: string): string {
-  return text.replace(/\\/g, "\\\\").replace(/\|/g, "\\|").replace(/`/g, "\\`").replace(/[\r\n]+/g, " ");
+/** Longest text a cell shows (the log keeps the full value). */
+export const MAX_CELL_CHARS = 300;
+/** The summary stays well under GitHub's 1 MiB per step; later step sections are counted instead. */
+export const MAX_SUMMARY_CHARS = 512 * 1024;
+
+/**
+ * Text from the log (host names, URLs, exe paths, step names: all chosen by whatever ran in the job)
+ * shown literally in Markdown: every ASCII character but letters, digits and space becomes a numeric
+ * character reference, which Markdown decodes to text and never to markup (no `|` cell break, no
+ * code-span end, no HTML, no link, no autolink); control and format characters (bidi overrides,
+ * zero-width) are shown as `\u….`; long values are cut.
+ */
+export function literalText(text: string, maxChars = MAX_CELL_CHARS): string {
+  const chars = Array.from(text);
+  const shown = chars.length > maxChars ? [...chars.slice(0, maxChars), "…"] : chars;
+  return shown.map((char) => {
+    if (/^[A-Za-z0-9 ]$/.test(char)) return char;
+    if (/^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}]$/u.test(char)) {
+      return `&#92;u${char.codePointAt(0)!.toString(16).padStart(4, "0")}`;
+    }
+    if (char.codePointAt(0)! < 0x80) return `&#${char.codePointAt(0)};`;
+    return char;
+  }).join("");
+}
+
+/** A table cell (or heading part): literal text in monospace; empty stays empty. */
+export function codeCell(text: string): string {
+  return text === "" ? "" : `<code>${literalText(text)}</code>`;
 }
 
 function withoutQuery(url: string): string {
@@ -62,11 +87,10 @@ export function countEvents(events: readonly LogEvent[]): Counts {
 function table(rows: Row[]): string[] {
   const lines = ["| Verdict | Destination | Process | Action | Count |", "|---|---|---|---|---|"];
   for (const row of rows.slice(0, MAX_ROWS)) {
-    const cell = (text: string) => (text === "" ? "" : `\`${escapeCell(text)}\``);
     lines.push(
-      `| ${row.verdict === "deny" ? "❌ denied" : "✅ allowed"} | ${cell(row.destination)} | ${
-        cell(row.process)
-      } | ${cell(row.action)} | ${row.count} |`,
+      `| ${row.verdict === "deny" ? "❌ denied" : "✅ allowed"} | ${codeCell(row.destination)} | ${
+        codeCell(row.process)
+      } | ${codeCell(row.action)} | ${row.count} |`,
     );
   }
   if (rows.length > MAX_ROWS) lines.push("", `… ${rows.length - MAX_ROWS} more`);
@@ -114,17 +138,23 @@ export function renderJobSummary(events: readonly LogEvent[], options: SummaryOp
     Number([...b.values()].some((r) => r.verdict === "deny")) -
     Number([...a.values()].some((r) => r.verdict === "deny"))
   );
+  let shownSteps = 0;
   for (const [step, rowMap] of ordered) {
+    if (out.join("\n").length > MAX_SUMMARY_CHARS) break;
+    shownSteps++;
     const rows = [...rowMap.values()];
     const denied = rows.filter((r) => r.verdict === "deny").sort((a, b) => b.count - a.count);
     const allowed = rows.filter((r) => r.verdict === "allow").sort((a, b) => b.count - a.count);
-    out.push(`### Step \`${escapeCell(step)}\``, "");
+    out.push(`### Step ${codeCell(step)}`, "");
     if (denied.length > 0) out.push(...table(denied), "");
     if (allowed.length > 0) {
       const total = allowed.reduce((sum, r) => sum + r.count, 0);
       out.push(`<details><summary>${total} allowed (${allowed.length} destinations)</summary>`, "");
       out.push(...table(allowed), "", "</details>", "");
     }
+  }
+  if (shownSteps < ordered.length) {
+    out.push(`… ${ordered.length - shownSteps} more steps (summary size limit; the log has every line)`, "");
   }
   if (steps.size === 0) out.push("No connections were logged.", "");
 
@@ -133,9 +163,9 @@ export function renderJobSummary(events: readonly LogEvent[], options: SummaryOp
     out.push("### sudo", "", "| Time | Command | Directory | As |", "|---|---|---|---|");
     for (const event of sudo.slice(0, MAX_ROWS)) {
       out.push(
-        `| ${escapeCell(event.ts ?? "")} | \`${escapeCell((event.cmdline ?? []).join(" "))}\` | ${
-          escapeCell((event as { pwd?: string }).pwd ?? "")
-        } | ${escapeCell((event as { target_user?: string }).target_user ?? "")} |`,
+        `| ${literalText(event.ts ?? "")} | ${codeCell((event.cmdline ?? []).join(" "))} | ${
+          codeCell((event as { pwd?: string }).pwd ?? "")
+        } | ${codeCell((event as { target_user?: string }).target_user ?? "")} |`,
       );
     }
     if (sudo.length > MAX_ROWS) out.push("", `… ${sudo.length - MAX_ROWS} more`);
@@ -144,7 +174,17 @@ export function renderJobSummary(events: readonly LogEvent[], options: SummaryOp
 
   if (options.suggestion !== undefined) {
     const fence = fenceFor(options.suggestion);
-    out.push("### Suggested policy", "", `${fence}yaml`, options.suggestion.trimEnd(), fence, "");
+    out.push(
+      "### Suggested policy",
+      "",
+      "> Review every line before pasting: this allows everything the job tried to reach, including what a " +
+        "compromised step or dependency tried.",
+      "",
+      `${fence}yaml`,
+      options.suggestion.trimEnd(),
+      fence,
+      "",
+    );
   }
   return out.join("\n");
 }

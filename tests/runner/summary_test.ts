@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import {
   countEvents,
+  codeCell,
   destinationOf,
-  escapeCell,
+  literalText,
+  MAX_CELL_CHARS,
   MAX_ROWS,
   renderJobSummary,
   shouldUploadLog,
@@ -34,8 +36,13 @@ Deno.test("summary: destinations by type", () => {
   assert.equal(destinationOf(deny({ type: "tcp", dst_port: 22 })), "203.0.113.5:22");
   assert.equal(destinationOf(deny({ type: "udp", dst_port: 123 })), "203.0.113.5:123/udp");
   assert.equal(destinationOf(deny({ type: "dns", name: "evil.test", dst_port: 53 })), "evil.test");
-  assert.equal(escapeCell("a|b`c"), "a\\|b\\`c");
 });
+
+/** What a Markdown renderer shows for numeric character references. */
+function decoded(text: string): string {
+  return text.replace(/&#(\d+);/g, (_, code) => String.fromCodePoint(Number(code)));
+}
+const cell = (text: string) => `<code>${literalText(text)}</code>`;
 
 Deno.test("summary: denied first, grouped by step and process, allowed collapsed, suggestion fenced", () => {
   const events: LogEvent[] = [
@@ -65,24 +72,85 @@ Deno.test("summary: denied first, grouped by step and process, allowed collapsed
   assert.deepEqual(countEvents(events), { allowed: 3, denied: 3, errors: 1 });
   const text = renderJobSummary(events, { mode: "enforce", suggestion: "# comment with ``` inside\n[]\n" });
   assert.match(text, /Mode: \*\*enforce\*\* · allowed: \*\*3\*\* · denied: \*\*3\*\* · errors: \*\*1\*\*/);
-  const test = text.indexOf("### Step `test`");
-  const noStep = text.indexOf("### Step `(no step)`");
-  const build = text.indexOf("### Step `build`");
+  const test = text.indexOf(`### Step ${cell("test")}`);
+  const noStep = text.indexOf(`### Step ${cell("(no step)")}`);
+  const build = text.indexOf(`### Step ${cell("build")}`);
   assert.ok(test >= 0 && noStep >= 0 && build >= 0);
   assert.ok(test < build && noStep < build, "steps with denials come first");
-  assert.ok(text.includes("| ❌ denied | `https://evil.test/x\\|y` | `/usr/bin/curl` |  | 2 |"), text);
-  assert.ok(text.includes("| ❌ denied | `203.0.113.5:5432` | `/usr/bin/psql, image postgres:16` |  | 1 |"));
+  assert.ok(text.includes(`| ❌ denied | ${cell("https://evil.test/x|y")} | ${cell("/usr/bin/curl")} |  | 2 |`));
+  assert.ok(
+    text.includes(`| ❌ denied | ${cell("203.0.113.5:5432")} | ${cell("/usr/bin/psql, image postgres:16")} |  | 1 |`),
+  );
   assert.ok(text.includes("<details><summary>2 allowed (1 destinations)</summary>"));
   assert.ok(
-    text.includes("| ✅ allowed | `registry.npmjs.org:443` | `/usr/bin/node` | `actions/setup-node` | 2 |"),
+    text.includes(
+      `| ✅ allowed | ${cell("registry.npmjs.org:443")} | ${cell("/usr/bin/node")} | ${
+        cell("actions/setup-node")
+      } | 2 |`,
+    ),
   );
   assert.ok(
-    text.includes("| 2026-12-01T18:40:02.000Z | `/usr/bin/apt-get install jq` | /home/runner | root |"),
+    text.includes(
+      `| ${literalText("2026-12-01T18:40:02.000Z")} | ${cell("/usr/bin/apt-get install jq")} | ${
+        cell("/home/runner")
+      } | ${cell("root")} |`,
+    ),
   );
   assert.ok(
-    text.includes("### Suggested policy\n\n````yaml\n# comment with ``` inside\n[]\n````"),
+    text.includes("### Suggested policy\n\n> Review every line before pasting") &&
+      text.includes("\n\n````yaml\n# comment with ``` inside\n[]\n````"),
     "fence longer than any backtick run",
   );
+});
+
+Deno.test("summary: log text is shown literally, never as Markdown or HTML", () => {
+  const payloads = [
+    "evil.test`</code></details><img src=https://x.test/p.png>",
+    "a|b|c | ❌ denied | `x` | y |",
+    "[click](https://phish.test/) **bold** _it_ ~~s~~ <!-- c --> &amp; \\| \\`",
+    "www.autolink.test user@mail.test https://auto.test/",
+    "x\n### Step fake\n| ✅ allowed |",
+  ];
+  for (const payload of payloads) {
+    const literal = literalText(payload);
+    assert.match(literal, /^[A-Za-z0-9 &#;\u0080-\u{10ffff}]*$/u, "only letters, digits, spaces, references");
+    assert.equal(decoded(literal).replace(/\\u000a/g, "\n"), payload);
+  }
+  assert.equal(literalText("a\u202eb\u200bc"), "a&#92;u202eb&#92;u200bc", "bidi and zero-width made visible");
+  assert.equal(literalText("x".repeat(MAX_CELL_CHARS + 5)), "x".repeat(MAX_CELL_CHARS) + "…");
+  assert.equal(codeCell(""), "");
+
+  const events = payloads.flatMap((payload) => [
+    deny({ step: payload, action: payload, exe: payload, url: `https://h.test/${payload}` }),
+    deny({ type: "dns", name: payload, step: payload }),
+    { type: "sudo", cmdline: [payload], ts: payload, ...{ pwd: payload, target_user: payload } } as LogEvent,
+  ]);
+  const text = renderJobSummary(events, { mode: "enforce", suggestion: payloads.join("\n") });
+  const [body, suggestion] = text.split("### Suggested policy");
+  const sudoRows = body.slice(body.indexOf("### sudo")).split("\n").filter((line) => line.startsWith("| "));
+  for (const line of body.split("\n")) {
+    if (line.startsWith("| ")) {
+      const cells = sudoRows.includes(line) ? 4 : 5;
+      assert.equal(line.split("|").length - 2, cells, `a table row keeps its cells: ${line}`);
+    }
+    if (line.startsWith("Mode: ")) continue; // the one line of our own bold text
+    const tags = line.replace(/<\/?(code|details|summary)>/g, "");
+    assert.doesNotMatch(tags, /[<>`\[\]*_~\\]/, `no markup from the log: ${line}`);
+    assert.ok(!line.startsWith("#") || line.startsWith("## egress") || /^### (Step <code>|sudo)/.test(line));
+  }
+  assert.equal(sudoRows.length, 1 + payloads.length, "header and one row per sudo event");
+  assert.ok(suggestion.includes(payloads[0]), "the suggestion block is fenced, shown as it is");
+});
+
+Deno.test("summary: the size stays bounded however many steps the log names", () => {
+  const long = "p".repeat(MAX_CELL_CHARS);
+  const events = Array.from(
+    { length: 3000 },
+    (_, i) => deny({ step: `s${i}`, host: `${long}${i}.test`, exe: `/${long}/${i}` }),
+  );
+  const text = renderJobSummary(events, { mode: "enforce" });
+  assert.ok(text.length < 600 * 1024, `${text.length} characters`);
+  assert.match(text, /… \d+ more steps \(summary size limit; the log has every line\)/);
 });
 
 Deno.test("summary: at most 100 rows per table, then a count", () => {
