@@ -26,6 +26,8 @@ var __toESM = (mod, isNodeMode, target2) => (target2 = mod != null ? __create(__
 var import_node_process4 = __toESM(require("node:process"));
 
 // action/lib/actions.ts
+var import_node_fs = require("node:fs");
+var import_node_crypto = require("node:crypto");
 var import_node_process = __toESM(require("node:process"));
 function getInput(name, env = import_node_process.default.env) {
   return (env[`INPUT_${name.replace(/ /g, "_").toUpperCase()}`] ?? "").trim();
@@ -42,8 +44,39 @@ var InputError = class extends Error {
     this.name = "InputError";
   }
 };
+function escapeData(text) {
+  return text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
+}
+function escapeProperty(text) {
+  return escapeData(text).replace(/:/g, "%3A").replace(/,/g, "%2C");
+}
+function annotation(kind, message, properties = {}) {
+  const props = Object.entries(properties).filter(([, value2]) => value2 !== void 0 && value2 !== "").map(([key2, value2]) => `${key2}=${escapeProperty(String(value2))}`).join(",");
+  return `::${kind}${props ? " " + props : ""}::${escapeData(message)}`;
+}
 function emit(line) {
   import_node_process.default.stdout.write(line + "\n");
+}
+function fileCommand(name, value2) {
+  const delimiter = `egress_${(0, import_node_crypto.randomBytes)(12).toString("hex")}`;
+  if (value2.includes(delimiter) || name.includes(delimiter)) {
+    throw new Error("Cannot write a file command: bad delimiter");
+  }
+  return `${name}<<${delimiter}
+${value2}
+${delimiter}
+`;
+}
+function appendTo(variable, text, env) {
+  const path2 = env[variable];
+  if (!path2) throw new Error(`Cannot write ${variable}: it is not set`);
+  (0, import_node_fs.appendFileSync)(path2, text, "utf8");
+}
+function setOutput(name, value2, env = import_node_process.default.env) {
+  appendTo("GITHUB_OUTPUT", fileCommand(name, value2), env);
+}
+function getState(name, env = import_node_process.default.env) {
+  return env[`STATE_${name}`] ?? "";
 }
 
 // action/lib/config.ts
@@ -299,13 +332,13 @@ var require_Lexer = __commonJS({
           }
         };
         LexerImpl2.prototype.parseNextAvailable = function(input2, index, rowBegin, columnBegin) {
-          var token;
+          var token2;
           while (true) {
-            token = this.parseNext(input2, token === void 0 ? index : token.pos.index + token.text.length, token === void 0 ? rowBegin : token.pos.rowEnd, token === void 0 ? columnBegin : token.pos.columnEnd);
-            if (token === void 0) {
+            token2 = this.parseNext(input2, token2 === void 0 ? index : token2.pos.index + token2.text.length, token2 === void 0 ? rowBegin : token2.pos.rowEnd, token2 === void 0 ? columnBegin : token2.pos.columnEnd);
+            if (token2 === void 0) {
               return void 0;
-            } else if (token.keep) {
-              return token;
+            } else if (token2.keep) {
+              return token2;
             }
           }
         };
@@ -360,11 +393,11 @@ var require_ParserInterface = __commonJS({
       }
     }
     exports2.resultOrError = resultOrError;
-    function unableToConsumeToken(token) {
+    function unableToConsumeToken(token2) {
       return {
         kind: "Error",
-        pos: token === void 0 ? void 0 : token.pos,
-        message: "Unable to consume token: " + (token === void 0 ? "<END-OF-FILE>" : token.text)
+        pos: token2 === void 0 ? void 0 : token2.pos,
+        message: "Unable to consume token: " + (token2 === void 0 ? "<END-OF-FILE>" : token2.text)
       };
     }
     exports2.unableToConsumeToken = unableToConsumeToken;
@@ -378,11 +411,11 @@ var require_TokenParser = __commonJS({
     var ParserInterface_1 = require_ParserInterface();
     function nil() {
       return {
-        parse: function(token) {
+        parse: function(token2) {
           return {
             candidates: [{
-              firstToken: token,
-              nextToken: token,
+              firstToken: token2,
+              nextToken: token2,
               result: void 0
             }],
             successful: true,
@@ -394,11 +427,11 @@ var require_TokenParser = __commonJS({
     exports2.nil = nil;
     function succ2(value2) {
       return {
-        parse: function(token) {
+        parse: function(token2) {
           return {
             candidates: [{
-              firstToken: token,
-              nextToken: token,
+              firstToken: token2,
+              nextToken: token2,
               result: value2
             }],
             successful: true,
@@ -410,12 +443,12 @@ var require_TokenParser = __commonJS({
     exports2.succ = succ2;
     function fail(errorMessage) {
       return {
-        parse: function(token) {
+        parse: function(token2) {
           return {
             successful: false,
             error: {
               kind: "Error",
-              pos: token === null || token === void 0 ? void 0 : token.pos,
+              pos: token2 === null || token2 === void 0 ? void 0 : token2.pos,
               message: errorMessage
             }
           };
@@ -425,18 +458,18 @@ var require_TokenParser = __commonJS({
     exports2.fail = fail;
     function str2(toMatch) {
       return {
-        parse: function(token) {
-          if (token === void 0 || token.text !== toMatch) {
+        parse: function(token2) {
+          if (token2 === void 0 || token2.text !== toMatch) {
             return {
               successful: false,
-              error: ParserInterface_1.unableToConsumeToken(token)
+              error: ParserInterface_1.unableToConsumeToken(token2)
             };
           }
           return {
             candidates: [{
-              firstToken: token,
-              nextToken: token.next,
-              result: token
+              firstToken: token2,
+              nextToken: token2.next,
+              result: token2
             }],
             successful: true,
             error: void 0
@@ -447,18 +480,18 @@ var require_TokenParser = __commonJS({
     exports2.str = str2;
     function tok2(toMatch) {
       return {
-        parse: function(token) {
-          if (token === void 0 || token.kind !== toMatch) {
+        parse: function(token2) {
+          if (token2 === void 0 || token2.kind !== toMatch) {
             return {
               successful: false,
-              error: ParserInterface_1.unableToConsumeToken(token)
+              error: ParserInterface_1.unableToConsumeToken(token2)
             };
           }
           return {
             candidates: [{
-              firstToken: token,
-              nextToken: token.next,
-              result: token
+              firstToken: token2,
+              nextToken: token2.next,
+              result: token2
             }],
             successful: true,
             error: void 0
@@ -481,8 +514,8 @@ var require_MonadicSequencialParser = __commonJS({
         continuations[_i - 1] = arguments[_i];
       }
       return {
-        parse: function(token) {
-          var firstOutput = first.parse(token);
+        parse: function(token2) {
+          var firstOutput = first.parse(token2);
           if (!firstOutput.successful) {
             return firstOutput;
           }
@@ -530,9 +563,9 @@ var require_SequencialParser = __commonJS({
         ps[_i] = arguments[_i];
       }
       return {
-        parse: function(token) {
+        parse: function(token2) {
           var error;
-          var result = [{ firstToken: token, nextToken: token, result: [] }];
+          var result = [{ firstToken: token2, nextToken: token2, result: [] }];
           for (var _i2 = 0, ps_1 = ps; _i2 < ps_1.length; _i2++) {
             var p = ps_1[_i2];
             if (result.length === 0) {
@@ -575,13 +608,13 @@ var require_AlternativeParser = __commonJS({
         ps[_i] = arguments[_i];
       }
       return {
-        parse: function(token) {
+        parse: function(token2) {
           var error;
           var result = [];
           var successful = false;
           for (var _i2 = 0, ps_1 = ps; _i2 < ps_1.length; _i2++) {
             var p = ps_1[_i2];
-            var output = p.parse(token);
+            var output = p.parse(token2);
             error = ParserInterface_1.betterError(error, output.error);
             if (output.successful) {
               result = result.concat(output.candidates);
@@ -607,11 +640,11 @@ var require_AlternativeScParser = __commonJS({
         ps[_i] = arguments[_i];
       }
       return {
-        parse: function(token) {
+        parse: function(token2) {
           var error;
           for (var _i2 = 0, ps_1 = ps; _i2 < ps_1.length; _i2++) {
             var p = ps_1[_i2];
-            var output = p.parse(token);
+            var output = p.parse(token2);
             error = ParserInterface_1.betterError(error, output.error);
             if (output.successful) {
               return ParserInterface_1.resultOrError(output.candidates, error, true);
@@ -640,15 +673,15 @@ var require_OptionalParser = __commonJS({
     exports2.opt = opt;
     function opt_sc2(p) {
       return {
-        parse: function(token) {
-          var output = p.parse(token);
+        parse: function(token2) {
+          var output = p.parse(token2);
           if (output.successful) {
             return output;
           } else {
             return {
               candidates: [{
-                firstToken: token,
-                nextToken: token,
+                firstToken: token2,
+                nextToken: token2,
                 result: void 0
               }],
               successful: true,
@@ -669,15 +702,15 @@ var require_ApplyParser = __commonJS({
     var SequencialParser_1 = require_SequencialParser();
     function apply2(p, callback) {
       return {
-        parse: function(token) {
-          var output = p.parse(token);
+        parse: function(token2) {
+          var output = p.parse(token2);
           if (output.successful) {
             return {
               candidates: output.candidates.map(function(value2) {
                 return {
-                  firstToken: token,
+                  firstToken: token2,
                   nextToken: value2.nextToken,
-                  result: callback(value2.result, [token, value2.nextToken])
+                  result: callback(value2.result, [token2, value2.nextToken])
                 };
               }),
               successful: true,
@@ -729,8 +762,8 @@ var require_RepeativeParser = __commonJS({
     function rep(p) {
       var reprParser = repr(p);
       return {
-        parse: function(token) {
-          var output = reprParser.parse(token);
+        parse: function(token2) {
+          var output = reprParser.parse(token2);
           if (output.successful) {
             return {
               candidates: output.candidates.reverse(),
@@ -746,9 +779,9 @@ var require_RepeativeParser = __commonJS({
     exports2.rep = rep;
     function rep_sc2(p) {
       return {
-        parse: function(token) {
+        parse: function(token2) {
           var error;
-          var result = [{ firstToken: token, nextToken: token, result: [] }];
+          var result = [{ firstToken: token2, nextToken: token2, result: [] }];
           while (true) {
             var steps = result;
             result = [];
@@ -781,9 +814,9 @@ var require_RepeativeParser = __commonJS({
     exports2.rep_sc = rep_sc2;
     function repr(p) {
       return {
-        parse: function(token) {
+        parse: function(token2) {
           var error;
-          var result = [{ firstToken: token, nextToken: token, result: [] }];
+          var result = [{ firstToken: token2, nextToken: token2, result: [] }];
           for (var i = 0; i < result.length; i++) {
             var step = result[i];
             var output = p.parse(step.nextToken);
@@ -808,9 +841,9 @@ var require_RepeativeParser = __commonJS({
     exports2.repr = repr;
     function rep_n(p, count) {
       return {
-        parse: function(token) {
+        parse: function(token2) {
           var error;
-          var candidates = [{ firstToken: token, nextToken: token, result: [] }];
+          var candidates = [{ firstToken: token2, nextToken: token2, result: [] }];
           for (var i = 0; i < count; i++) {
             var newCandidates = [];
             for (var _i = 0, candidates_1 = candidates; _i < candidates_1.length; _i++) {
@@ -893,8 +926,8 @@ var require_AmbiguousParser = __commonJS({
     exports2.amb = void 0;
     function amb(p) {
       return {
-        parse: function(token) {
-          var branches = p.parse(token);
+        parse: function(token2) {
+          var branches = p.parse(token2);
           if (!branches.successful) {
             return branches;
           }
@@ -934,8 +967,8 @@ var require_ErrorParser = __commonJS({
     exports2.errd = exports2.err = void 0;
     function err(p, errorMessage) {
       return {
-        parse: function(token) {
-          var branches = p.parse(token);
+        parse: function(token2) {
+          var branches = p.parse(token2);
           if (branches.successful) {
             return branches;
           }
@@ -953,16 +986,16 @@ var require_ErrorParser = __commonJS({
     exports2.err = err;
     function errd(p, errorMessage, defaultValue) {
       return {
-        parse: function(token) {
-          var branches = p.parse(token);
+        parse: function(token2) {
+          var branches = p.parse(token2);
           if (branches.successful) {
             return branches;
           }
           return {
             successful: true,
             candidates: [{
-              firstToken: token,
-              nextToken: token,
+              firstToken: token2,
+              nextToken: token2,
               result: defaultValue
             }],
             error: {
@@ -992,11 +1025,11 @@ var require_Rule = __commonJS({
         RuleImpl2.prototype.setPattern = function(parser) {
           this.parser = parser;
         };
-        RuleImpl2.prototype.parse = function(token) {
+        RuleImpl2.prototype.parse = function(token2) {
           if (this.parser === void 0) {
             throw new Error("Rule has not been initialized. setPattern is required before calling parse.");
           }
-          return this.parser.parse(token);
+          return this.parser.parse(token2);
         };
         return RuleImpl2;
       })()
@@ -1058,8 +1091,8 @@ var require_ParserModule = __commonJS({
     exports2.makeParserModule = exports2.lazy = void 0;
     function lazy(thunk) {
       return {
-        parse: function(token) {
-          return thunk().parse(token);
+        parse: function(token2) {
+          return thunk().parse(token2);
         }
       };
     }
@@ -1236,16 +1269,16 @@ var ok = (v, errs = []) => ({ v, errs });
 var errsOf = (...nodes) => nodes.flatMap((n) => n?.errs ?? []);
 function one(test) {
   return {
-    parse(token) {
-      if (token === void 0 || !test(token)) {
+    parse(token2) {
+      if (token2 === void 0 || !test(token2)) {
         return {
           successful: false,
-          error: { kind: "Error", pos: token?.pos, message: "unexpected token" }
+          error: { kind: "Error", pos: token2?.pos, message: "unexpected token" }
         };
       }
       return {
         successful: true,
-        candidates: [{ firstToken: token, nextToken: token.next, result: token }],
+        candidates: [{ firstToken: token2, nextToken: token2.next, result: token2 }],
         error: void 0
       };
     }
@@ -1256,14 +1289,14 @@ function list_sc(p, s) {
 }
 function where(p, test) {
   return {
-    parse(token) {
-      const out = p.parse(token);
+    parse(token2) {
+      const out = p.parse(token2);
       if (!out.successful) return out;
       const candidates = out.candidates.filter((c) => test(c.result));
       if (candidates.length === 0) {
         return {
           successful: false,
-          error: out.error ?? { kind: "Error", pos: token?.pos, message: "unexpected token" }
+          error: out.error ?? { kind: "Error", pos: token2?.pos, message: "unexpected token" }
         };
       }
       return { successful: true, candidates, error: out.error };
@@ -1272,9 +1305,9 @@ function where(p, test) {
 }
 function rep_sc(p) {
   return {
-    parse(token) {
+    parse(token2) {
       const values = [];
-      let at = token;
+      let at = token2;
       let error;
       for (; ; ) {
         const out = p.parse(at);
@@ -1285,7 +1318,7 @@ function rep_sc(p) {
         values.push(out.candidates[0].result);
         at = next;
       }
-      return { successful: true, candidates: [{ firstToken: token, nextToken: at, result: values }], error };
+      return { successful: true, candidates: [{ firstToken: token2, nextToken: at, result: values }], error };
     }
   };
 }
@@ -1335,13 +1368,13 @@ var wildHost = (0, import_typescript_parsec.alt)(
   (0, import_typescript_parsec.apply)((0, import_typescript_parsec.seq)(ch("*"), ch("."), wlabel, ch("."), hostOrTld), (v, r) => ok(textOf(r), v[4].errs)),
   (0, import_typescript_parsec.apply)((0, import_typescript_parsec.seq)(wlabel, ch("."), hostOrTld), (v, r) => ok(textOf(r), v[2].errs))
 );
-function octetErrors(token) {
-  const text = token.text;
+function octetErrors(token2) {
+  const text = token2.text;
   if (text.length > 1 && text[0] === "0") {
-    return [{ index: token.pos.index, message: `octet "${text}" must not have a leading zero` }];
+    return [{ index: token2.pos.index, message: `octet "${text}" must not have a leading zero` }];
   }
   if (text.length > 3 || Number(text) > 255) {
-    return [{ index: token.pos.index, message: `octet ${text} is outside 0..255` }];
+    return [{ index: token2.pos.index, message: `octet ${text} is outside 0..255` }];
   }
   return [];
 }
@@ -2378,4 +2411,12 @@ try {
   );
 } catch (error) {
   emit(`egress: ${error.message}`);
+}
+var token = getState("control_token");
+if (token) {
+  try {
+    setOutput("control-token", token);
+  } catch (error) {
+    emit(annotation("warning", `${error.message}: the sub-actions will have no token`));
+  }
 }

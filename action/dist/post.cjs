@@ -1228,8 +1228,22 @@ var import_node_process6 = __toESM(require("node:process"));
 
 // src/runner/summary.ts
 var MAX_ROWS = 100;
-function escapeCell(text) {
-  return text.replace(/\\/g, "\\\\").replace(/\|/g, "\\|").replace(/`/g, "\\`").replace(/[\r\n]+/g, " ");
+var MAX_CELL_CHARS = 300;
+var MAX_SUMMARY_CHARS = 512 * 1024;
+function literalText(text, maxChars = MAX_CELL_CHARS) {
+  const chars = Array.from(text);
+  const shown = chars.length > maxChars ? [...chars.slice(0, maxChars), "…"] : chars;
+  return shown.map((char) => {
+    if (/^[A-Za-z0-9 ]$/.test(char)) return char;
+    if (/^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}]$/u.test(char)) {
+      return `&#92;u${char.codePointAt(0).toString(16).padStart(4, "0")}`;
+    }
+    if (char.codePointAt(0) < 128) return `&#${char.codePointAt(0)};`;
+    return char;
+  }).join("");
+}
+function codeCell(text) {
+  return text === "" ? "" : `<code>${literalText(text)}</code>`;
 }
 function withoutQuery(url) {
   const cut = url.search(/[?#]/);
@@ -1264,9 +1278,8 @@ function countEvents(events) {
 function table(rows) {
   const lines = ["| Verdict | Destination | Process | Action | Count |", "|---|---|---|---|---|"];
   for (const row of rows.slice(0, MAX_ROWS)) {
-    const cell = (text) => text === "" ? "" : `\`${escapeCell(text)}\``;
     lines.push(
-      `| ${row.verdict === "deny" ? "❌ denied" : "✅ allowed"} | ${cell(row.destination)} | ${cell(row.process)} | ${cell(row.action)} | ${row.count} |`
+      `| ${row.verdict === "deny" ? "❌ denied" : "✅ allowed"} | ${codeCell(row.destination)} | ${codeCell(row.process)} | ${codeCell(row.action)} | ${row.count} |`
     );
   }
   if (rows.length > MAX_ROWS) lines.push("", `… ${rows.length - MAX_ROWS} more`);
@@ -1306,11 +1319,14 @@ function renderJobSummary(events, options) {
   const ordered = [...steps.entries()].sort(
     ([, a], [, b]) => Number([...b.values()].some((r) => r.verdict === "deny")) - Number([...a.values()].some((r) => r.verdict === "deny"))
   );
+  let shownSteps = 0;
   for (const [step, rowMap] of ordered) {
+    if (out.join("\n").length > MAX_SUMMARY_CHARS) break;
+    shownSteps++;
     const rows = [...rowMap.values()];
     const denied = rows.filter((r) => r.verdict === "deny").sort((a, b) => b.count - a.count);
     const allowed = rows.filter((r) => r.verdict === "allow").sort((a, b) => b.count - a.count);
-    out.push(`### Step \`${escapeCell(step)}\``, "");
+    out.push(`### Step ${codeCell(step)}`, "");
     if (denied.length > 0) out.push(...table(denied), "");
     if (allowed.length > 0) {
       const total = allowed.reduce((sum, r) => sum + r.count, 0);
@@ -1318,13 +1334,16 @@ function renderJobSummary(events, options) {
       out.push(...table(allowed), "", "</details>", "");
     }
   }
+  if (shownSteps < ordered.length) {
+    out.push(`… ${ordered.length - shownSteps} more steps (summary size limit; the log has every line)`, "");
+  }
   if (steps.size === 0) out.push("No connections were logged.", "");
   const sudo = events.filter((event) => event.type === "sudo");
   if (sudo.length > 0) {
     out.push("### sudo", "", "| Time | Command | Directory | As |", "|---|---|---|---|");
     for (const event of sudo.slice(0, MAX_ROWS)) {
       out.push(
-        `| ${escapeCell(event.ts ?? "")} | \`${escapeCell((event.cmdline ?? []).join(" "))}\` | ${escapeCell(event.pwd ?? "")} | ${escapeCell(event.target_user ?? "")} |`
+        `| ${literalText(event.ts ?? "")} | ${codeCell((event.cmdline ?? []).join(" "))} | ${codeCell(event.pwd ?? "")} | ${codeCell(event.target_user ?? "")} |`
       );
     }
     if (sudo.length > MAX_ROWS) out.push("", `… ${sudo.length - MAX_ROWS} more`);
@@ -1332,7 +1351,16 @@ function renderJobSummary(events, options) {
   }
   if (options.suggestion !== void 0) {
     const fence = fenceFor(options.suggestion);
-    out.push("### Suggested policy", "", `${fence}yaml`, options.suggestion.trimEnd(), fence, "");
+    out.push(
+      "### Suggested policy",
+      "",
+      "> Review every line before pasting: this allows everything the job tried to reach, including what a compromised step or dependency tried.",
+      "",
+      `${fence}yaml`,
+      options.suggestion.trimEnd(),
+      fence,
+      ""
+    );
   }
   return out.join("\n");
 }

@@ -2644,6 +2644,13 @@ function daemonEnvironment(env, inputs, denoDir) {
   out.DENO_NO_UPDATE_CHECK = "1";
   return out;
 }
+function isFreshFile(path2, since) {
+  try {
+    return (0, import_node_fs4.statSync)(path2).mtimeMs >= since - 1e3;
+  } catch {
+    return false;
+  }
+}
 function sleep(ms) {
   return new Promise((resolve2) => setTimeout(resolve2, ms));
 }
@@ -2664,6 +2671,7 @@ async function runPre(options = {}) {
   const argv = launchCommand(daemonArgs(deno.path, paths, inputs, env), daemonEnv);
   const outputPath = (0, import_node_path3.join)(paths.workDir, "daemon.out");
   const output = (0, import_node_fs4.openSync)(outputPath, "a", 384);
+  const launched = Date.now();
   const child = (0, import_node_child_process3.spawn)(argv[0], argv.slice(1), {
     detached: true,
     stdio: ["pipe", output, output],
@@ -2680,7 +2688,7 @@ async function runPre(options = {}) {
   saveState("audit", String(inputs.audit), env);
   const timeout = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
   const deadline = Date.now() + timeout;
-  while (!(0, import_node_fs4.existsSync)(paths.readyFile)) {
+  while (!isFreshFile(paths.readyFile, launched)) {
     if (exitCode !== void 0 || Date.now() > deadline) {
       const why = exitCode !== void 0 ? `the daemon exited with code ${exitCode}` : `no ready file after ${timeout / 1e3} s`;
       const details = [tail(outputPath), tail(paths.operationalLog)].filter(Boolean).join("\n");
@@ -2695,9 +2703,6 @@ ${details}
   if (!token) throw new StepFailure(`Cannot read the control token from ${paths.stateDir}`);
   setSecret(token);
   saveState("control_token", token, env);
-  const tokenCopy = (0, import_node_path3.join)(paths.workDir, "control-token");
-  (0, import_node_fs4.writeFileSync)(tokenCopy, token + "\n", { mode: 384 });
-  (0, import_node_fs4.chmodSync)(tokenCopy, 384);
   for (const [name, value2] of Object.entries(caEnvironment(paths.system))) exportVariable(name, value2, env);
   saveState("ready_ms", String(Date.now() - started), env);
   emit(`egress: enforcing in ${Date.now() - started} ms${inputs.audit ? " (audit mode)" : ""}`);

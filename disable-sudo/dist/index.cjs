@@ -26,12 +26,13 @@ var __toESM = (mod, isNodeMode, target) => (target = mod != null ? __create(__ge
 var import_node_process4 = __toESM(require("node:process"));
 
 // action/lib/sub_action.ts
-var import_node_fs = require("node:fs");
-var import_node_path2 = require("node:path");
 var import_node_process3 = __toESM(require("node:process"));
 
 // action/lib/actions.ts
 var import_node_process = __toESM(require("node:process"));
+function getInput(name, env = import_node_process.default.env) {
+  return (env[`INPUT_${name.replace(/ /g, "_").toUpperCase()}`] ?? "").trim();
+}
 function escapeData(text) {
   return text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
 }
@@ -135,11 +136,12 @@ function sendCommand(path, command, token = "", timeoutMs = 1e4) {
 // action/lib/sub_action.ts
 async function runControlCommand(command, env = import_node_process3.default.env) {
   const paths = actionPaths(env);
-  let token = "";
-  try {
-    token = (0, import_node_fs.readFileSync)((0, import_node_path2.join)(paths.workDir, "control-token"), "utf8").trim();
-  } catch {
-    emit(annotation("error", `Cannot ${command}: the egress action's pre step has not run in this job`));
+  const token = getInput("token", env);
+  if (token === "") {
+    emit(annotation(
+      "error",
+      `Cannot ${command}: input token is empty; pass the egress step's output, token: \${{ steps.<egress step id>.outputs.control-token }}`
+    ));
     return 1;
   }
   try {

@@ -68,12 +68,36 @@ async function isOurWrapper(path: string): Promise<boolean> {
   }
 }
 
-/** Finds `node` on PATH (absolute), for the wrapper script. */
+/**
+ * Only root can change `path`: the file and every directory above it are owned by root and not
+ * writable by group or others (a sticky directory such as /tmp is fine: nobody else can replace
+ * root's entries there). The wrapper runs this Node as root for every container, and the runner
+ * user must not be able to swap it.
+ */
+export function onlyRootCanChange(path: string): boolean {
+  try {
+    const real = Deno.realPathSync(path);
+    const file = Deno.statSync(real);
+    if (file.uid !== 0 || ((file.mode ?? 0) & 0o022) !== 0) return false;
+    for (let dir = real.slice(0, real.lastIndexOf("/")); dir !== ""; dir = dir.slice(0, dir.lastIndexOf("/"))) {
+      const stat = Deno.statSync(dir);
+      const mode = stat.mode ?? 0;
+      if (stat.uid !== 0 || ((mode & 0o022) !== 0 && (mode & 0o1000) === 0)) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Finds `node` on PATH (absolute) that only root can change, for the wrapper script. */
 export function findNode(pathVariable = Deno.env.get("PATH") ?? ""): string | undefined {
   for (const dir of pathVariable.split(":").filter((d) => d.startsWith("/"))) {
     try {
       const stat = Deno.statSync(`${dir}/node`);
-      if (stat.isFile && ((stat.mode ?? 0) & 0o111) !== 0) return `${dir}/node`;
+      if (stat.isFile && ((stat.mode ?? 0) & 0o111) !== 0 && onlyRootCanChange(`${dir}/node`)) {
+        return `${dir}/node`;
+      }
     } catch {
       // not here
     }

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { sendControlCommand } from "../../src/control/client.ts";
 import { findNode, WRAPPER_MARKER } from "../../src/runner/runc_wrapper.ts";
+import { codeCell } from "../../src/runner/summary.ts";
 import { createTopology, netnsTestsUnmet, run } from "../helpers/netns.ts";
 import { testWhen } from "../helpers/requirements.ts";
 import { FakeRunner, NOBODY } from "../runner/fake_runner.ts";
@@ -74,8 +75,14 @@ testWhen(
       assert.ok((await read(paths.systemCaBundle))!.startsWith(BUNDLE + "-----BEGIN CERTIFICATE-----"));
       assert.equal((await read(paths.runc))?.split("\n")[1], WRAPPER_MARKER);
 
-      // main
-      const main = await output(runner.step([NODE!, `${repo}action/dist/main.cjs`], { env }));
+      // main: gets pre's state, offers the token as the output the sub-actions take as input.
+      const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
+      const main = await output(
+        runner.step([NODE!, `${repo}action/dist/main.cjs`], { env: { ...env, ...stateEnv } }),
+      );
+      assert.deepEqual(parseFileCommands(await Deno.readTextFile(files.output)), {
+        "control-token": state.control_token,
+      });
       assert.match(
         main.stdout,
         new RegExp(
@@ -100,16 +107,31 @@ testWhen(
       ));
       assert.equal(curl.stdout, "403", curl.stderr);
 
-      // The sub-actions, run by the runner user (here: nobody) as steps of our action repository.
+      // The sub-actions, run by the runner user (here: nobody) as steps of our action repository,
+      // with the token from main's output. The token is in no file the runner user can read, so a
+      // step that forges egress's action context (exec env GITHUB_ACTION_REPOSITORY=…) lacks it.
       const workDir = `${root}/tmp/egress`;
-      await Deno.chown(workDir, NOBODY, NOBODY);
-      await Deno.chown(`${workDir}/control-token`, NOBODY, NOBODY);
+      for await (const entry of Deno.readDir(workDir)) assert.notEqual(entry.name, "control-token");
       const subEnv = {
         RUNNER_TEMP: `${root}/tmp`,
         EGRESS_TEST_ROOT: root,
         GITHUB_ACTION: "__owner_egress_1",
         GITHUB_ACTION_REPOSITORY: ACTION,
+        INPUT_TOKEN: state.control_token,
       };
+      for (
+        const [token, reason] of [["", "input token is empty"], ["f".repeat(48), "wrong control token"]]
+      ) {
+        const forged = await output(
+          runner.step([NODE!, `${repo}enable-sudo/dist/index.cjs`], {
+            env: { ...subEnv, INPUT_TOKEN: token },
+            uid: NOBODY,
+          }),
+        );
+        assert.equal(forged.code, 1);
+        assert.ok(forged.stdout.startsWith("::error::") && forged.stdout.includes(reason), forged.stdout);
+        assert.equal(await read(paths.sudoersRunner), "", "sudo stays disabled");
+      }
       const enable = await output(
         runner.step([NODE!, `${repo}enable-sudo/dist/index.cjs`], { env: subEnv, uid: NOBODY }),
       );
@@ -131,7 +153,6 @@ testWhen(
       assert.equal(await read(paths.sudoersRunner), "");
 
       // post: status, shutdown, summary, artifact, verdict (denied in enforce mode ⇒ fails).
-      const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
       const post = await output(runner.step([NODE!, `${repo}action/dist/post.cjs`], {
         env: {
           ...env,
@@ -148,10 +169,10 @@ testWhen(
 
       const summary = await Deno.readTextFile(files.summary);
       assert.match(summary, /Mode: \*\*enforce\*\* · allowed: \*\*\d+\*\* · denied: \*\*1\*\*/);
-      assert.ok(summary.includes("### Step `__run_2`"), summary);
+      assert.ok(summary.includes(`### Step ${codeCell("__run_2")}`), summary);
       assert.ok(
         summary.includes(
-          `| ❌ denied | \`http://${topology.internetIp}:8080/blocked\` | \`/usr/bin/curl\` |`,
+          `| ❌ denied | ${codeCell(`http://${topology.internetIp}:8080/blocked`)} | ${codeCell("/usr/bin/curl")} |`,
         ),
         summary,
       );

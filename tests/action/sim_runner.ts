@@ -14,7 +14,7 @@ export const ACTION = "owner/egress";
 export type SimulatedRunner = {
   root: string;
   paths: SystemPaths;
-  files: { env: string; state: string; summary: string };
+  files: { env: string; state: string; output: string; summary: string };
   env: Record<string, string>;
   remove(): Promise<void>;
 };
@@ -90,6 +90,7 @@ export async function createSimulatedRunner(
   const files = {
     env: `${root}/github/env`,
     state: `${root}/github/state`,
+    output: `${root}/github/output`,
     summary: `${root}/github/summary.md`,
   };
   for (const file of Object.values(files)) await Deno.writeTextFile(file, "");
@@ -108,6 +109,7 @@ export async function createSimulatedRunner(
     GITHUB_ACTION_REPOSITORY: ACTION,
     GITHUB_ENV: files.env,
     GITHUB_STATE: files.state,
+    GITHUB_OUTPUT: files.output,
     GITHUB_STEP_SUMMARY: files.summary,
     INPUT_POLICY: "allowed.egress.test\n",
     INPUT_AUDIT: "false",
