@@ -1223,6 +1223,8 @@ function actionsArtifactUploader(env = import_node_process2.default.env, fetchIm
 // action/lib/post_run.ts
 var import_node_child_process2 = require("node:child_process");
 var import_node_fs4 = require("node:fs");
+var import_node_buffer2 = require("node:buffer");
+var import_node_string_decoder = require("node:string_decoder");
 var import_node_path2 = require("node:path");
 var import_node_process6 = __toESM(require("node:process"));
 
@@ -4401,6 +4403,50 @@ function readPrivileged(path2) {
 var ARTIFACT_NAME = "egress-connections";
 var RETENTION_DAYS = 30;
 var SHUTDOWN_WAIT_MS = 15e3;
+var MAX_SUMMARY_LOG_BYTES = 64 * 1024 * 1024;
+var MAX_LINE_BYTES = 1024 * 1024;
+function readConnectionLog(path2, limit = MAX_SUMMARY_LOG_BYTES) {
+  let size = 0;
+  try {
+    size = (0, import_node_fs4.statSync)(path2).size;
+  } catch {
+    return { text: readPrivileged(path2) ?? "", size };
+  }
+  if (size <= limit) return { text: readPrivileged(path2) ?? "", size };
+  const fd = (0, import_node_fs4.openSync)(path2, "r");
+  try {
+    const head = import_node_buffer2.Buffer.alloc(limit);
+    const got = (0, import_node_fs4.readSync)(fd, head, 0, limit, 0);
+    const cut = head.lastIndexOf(10, got - 1) + 1;
+    const rest = { lines: 0, denied: 0, errors: 0 };
+    const count = (line) => {
+      if (line.trim() === "") return;
+      rest.lines++;
+      try {
+        const event = JSON.parse(line);
+        if (isVerdictLine(event) && event.policy === "deny") rest.denied++;
+        if (event.error !== void 0) rest.errors++;
+      } catch {
+      }
+    };
+    const decoder = new import_node_string_decoder.StringDecoder("utf8");
+    const chunk = import_node_buffer2.Buffer.alloc(4 * 1024 * 1024);
+    let carry = "";
+    for (let position = cut; ; ) {
+      const n = (0, import_node_fs4.readSync)(fd, chunk, 0, chunk.length, position);
+      if (n === 0) break;
+      position += n;
+      const lines = (carry + decoder.write(chunk.subarray(0, n))).split("\n");
+      carry = lines.pop() ?? "";
+      if (carry.length > MAX_LINE_BYTES) carry = "";
+      lines.forEach(count);
+    }
+    count(carry + decoder.end());
+    return { text: head.subarray(0, cut).toString("utf8"), size, rest };
+  } finally {
+    (0, import_node_fs4.closeSync)(fd);
+  }
+}
 function sleep(ms) {
   return new Promise((resolve2) => setTimeout(resolve2, ms));
 }
@@ -4462,8 +4508,15 @@ async function runPost(options) {
   while (running() && Date.now() < deadline) await sleep(100);
   if (!stopped || running()) failures.push("egress did not shut down");
   if (stopped) notes.push("The daemon shut down and restored the runner (sudo, CA store, runc, sysctls).");
-  const text = readPrivileged(paths.logFile) ?? "";
+  const log = readConnectionLog(paths.logFile, options.summaryLogBytes);
+  const text = log.text;
   const events = parseConnectionLog(text).entries.map((entry) => entry.event);
+  if (log.rest) {
+    const mib = (bytes) => (bytes / 1048576).toFixed(0);
+    notes.push(
+      `The log has ${mib(log.size)} MiB: the tables cover its first ${mib(options.summaryLogBytes ?? MAX_SUMMARY_LOG_BYTES)} MiB; after that come ${log.rest.lines} more lines, ${log.rest.denied} of them denied (the artifact has them all).`
+    );
+  }
   let suggestion;
   try {
     suggestion = events.length > 0 ? suggestPolicy(events, { source: "connections.jsonl" }) : void 0;
@@ -4478,12 +4531,16 @@ async function runPost(options) {
     emit(annotation("warning", error.message));
   }
   let uploaded = false;
-  if (shouldUploadLog(inputs.uploadLog, audit, events)) {
+  const restMatters = inputs.uploadLog === "auto" && log.rest !== void 0 && log.rest.denied + log.rest.errors > 0;
+  if (shouldUploadLog(inputs.uploadLog, audit, events) || restMatters) {
     try {
       (0, import_node_fs4.mkdirSync)(paths.workDir, { recursive: true, mode: 448 });
       const copy = (0, import_node_path2.join)(paths.workDir, "connections.jsonl");
-      if ((0, import_node_fs4.existsSync)(paths.logFile) && text === "") (0, import_node_fs4.copyFileSync)(paths.logFile, copy);
-      else (0, import_node_fs4.writeFileSync)(copy, text);
+      try {
+        (0, import_node_fs4.copyFileSync)(paths.logFile, copy);
+      } catch {
+        (0, import_node_fs4.writeFileSync)(copy, text);
+      }
       const result = await options.uploader({
         name: ARTIFACT_NAME,
         files: [{ name: "connections.jsonl", path: copy }],
@@ -4496,6 +4553,10 @@ async function runPost(options) {
     }
   }
   const counts = countEvents(events);
+  if (log.rest) {
+    counts.denied += log.rest.denied;
+    counts.errors += log.rest.errors;
+  }
   if (!audit && inputs.failOnDeny && counts.denied > 0) {
     failures.push(
       `egress denied ${counts.denied} connection${counts.denied === 1 ? "" : "s"} (see the job summary)`

@@ -2633,9 +2633,10 @@ function launchCommand(daemon, env) {
   const scoped = (0, import_node_fs4.existsSync)("/run/systemd/system") ? ["systemd-run", "--scope", "--unit=egress", "--collect", "--quiet", ...daemon] : daemon;
   return asRoot(["/usr/bin/env", "-u", "HOME", ...scoped], Object.keys(env));
 }
+var DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 function daemonEnvironment(env, inputs, denoDir) {
   const out = {};
-  const source = { ...env, EGRESS_GITHUB_TOKEN: inputs.githubToken };
+  const source = { ...env, PATH: DAEMON_PATH, EGRESS_GITHUB_TOKEN: inputs.githubToken };
   for (const name of [...DAEMON_VARIABLES, ...TEST_VARIABLES]) {
     const value2 = source[name];
     if (value2) out[name] = value2;

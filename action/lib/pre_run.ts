@@ -139,9 +139,21 @@ export function launchCommand(daemon: string[], env: Record<string, string>): st
   return asRoot(["/usr/bin/env", "-u", "HOME", ...scoped], Object.keys(env));
 }
 
-function daemonEnvironment(env: NodeJS.ProcessEnv, inputs: Inputs, denoDir: string): Record<string, string> {
+/**
+ * The daemon's PATH: system directories only. It runs iptables, visudo, sudo, systemd-run and (in
+ * the runc wrapper) node as root by name, and the runner's own PATH starts with directories the
+ * runner user can write (~/.local/bin, the tool cache): a `sudo` planted there would run as root.
+ */
+export const DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** Exactly the variables the daemon gets (runner.md §2 step 4), the GitHub token under its own name. */
+export function daemonEnvironment(
+  env: NodeJS.ProcessEnv,
+  inputs: Pick<Inputs, "githubToken">,
+  denoDir: string,
+): Record<string, string> {
   const out: Record<string, string> = {};
-  const source: NodeJS.ProcessEnv = { ...env, EGRESS_GITHUB_TOKEN: inputs.githubToken };
+  const source: NodeJS.ProcessEnv = { ...env, PATH: DAEMON_PATH, EGRESS_GITHUB_TOKEN: inputs.githubToken };
   for (const name of [...DAEMON_VARIABLES, ...TEST_VARIABLES]) {
     const value = source[name];
     if (value) out[name] = value;

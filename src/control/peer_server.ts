@@ -261,10 +261,21 @@ export class PeerControlServer {
         continue;
       }
       if (this.#clients.size >= MAX_CLIENTS) {
-        this.#log("warn", `control socket: refused pid ${peer.pid} uid ${peer.uid}: too many clients`);
-        this.#send(fd, errorLine("busy"));
-        this.#closeClientFd(fd);
-        continue;
+        // Full of clients that said nothing yet: drop the one waiting longest, not the newcomer, so
+        // a flood of silent connections cannot lock post's shutdown out (legitimate clients send
+        // their line at once).
+        const oldest = [...this.#clients.values()].filter((client) => !client.busy)
+          .reduce<Client | undefined>(
+            (a, b) => (a === undefined || b.deadline < a.deadline ? b : a),
+            undefined,
+          );
+        if (oldest === undefined) {
+          this.#log("warn", `control socket: refused pid ${peer.pid} uid ${peer.uid}: too many clients`);
+          this.#send(fd, errorLine("busy"));
+          this.#closeClientFd(fd);
+          continue;
+        }
+        this.#finish(oldest, errorLine("busy"), "too many clients, dropped the longest waiting");
       }
       this.#clients.set(fd, {
         fd,

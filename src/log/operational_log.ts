@@ -32,6 +32,15 @@ export type OperationalLogOptions = {
   debug?: boolean;
   scrubber?: Scrubber;
   now?: () => Date;
+  /**
+   * WARN and ERROR lines written per `floodWindowMs` (default 100 per 10 s); beyond that they are
+   * counted and the count is written when the next window starts (or at close). Clients can
+   * provoke these lines (refused connections, unreachable upstreams), and a flood must not fill
+   * the disk or stall the proxy on synchronous writes. INFO (startup, shutdown, cleanup) and
+   * opt-in DEBUG lines are never held back.
+   */
+  floodLimit?: number;
+  floodWindowMs?: number;
 };
 
 type SyncWriter = { writeSync(p: Uint8Array): number };
@@ -44,12 +53,19 @@ export class OperationalLog {
   readonly #now: () => Date;
   readonly #encoder = new TextEncoder();
   #fileFailed = false;
+  readonly #floodLimit: number;
+  readonly #floodWindowMs: number;
+  #windowStart = 0;
+  #windowLines = 0;
+  #suppressed = 0;
 
   constructor(options: OperationalLogOptions = {}) {
     this.#stderr = options.stderr ?? true;
     this.debugEnabled = options.debug ?? debugFromEnvironment();
     this.#scrubber = options.scrubber ?? defaultScrubber;
     this.#now = options.now ?? (() => new Date());
+    this.#floodLimit = options.floodLimit ?? 100;
+    this.#floodWindowMs = options.floodWindowMs ?? 10_000;
     if (options.path !== undefined) {
       const slash = options.path.lastIndexOf("/");
       try {
@@ -81,9 +97,37 @@ export class OperationalLog {
 
   log(level: LogLevel, message: string): void {
     if (level === "DEBUG" && !this.debugEnabled) return;
-    const bytes = this.#encoder.encode(
-      formatOperationalLine(level, message, this.#now(), this.#scrubber) + "\n",
-    );
+    const date = this.#now();
+    if ((level === "WARN" || level === "ERROR") && !this.#admit(date)) return;
+    this.#write(formatOperationalLine(level, message, date, this.#scrubber));
+  }
+
+  /** Counts a rate-limited line; false when it is suppressed. */
+  #admit(date: Date): boolean {
+    const now = date.getTime();
+    if (now - this.#windowStart >= this.#floodWindowMs || now < this.#windowStart) {
+      this.#reportSuppressed(date);
+      this.#windowStart = now;
+      this.#windowLines = 0;
+    }
+    if (this.#windowLines >= this.#floodLimit) {
+      this.#suppressed++;
+      return false;
+    }
+    this.#windowLines++;
+    return true;
+  }
+
+  #reportSuppressed(date: Date): void {
+    if (this.#suppressed === 0) return;
+    const text = `operational log: ${this.#suppressed} WARN/ERROR lines suppressed ` +
+      `(more than ${this.#floodLimit} in ${this.#floodWindowMs} ms)`;
+    this.#suppressed = 0;
+    this.#write(formatOperationalLine("WARN", text, date, this.#scrubber));
+  }
+
+  #write(line: string): void {
+    const bytes = this.#encoder.encode(line + "\n");
     if (this.#file && !this.#fileFailed) {
       try {
         writeAllSync(this.#file, bytes);
@@ -110,6 +154,7 @@ export class OperationalLog {
 
   /** Idempotent. */
   close(): void {
+    this.#reportSuppressed(this.#now());
     try {
       this.#file?.close();
     } catch {

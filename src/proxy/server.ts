@@ -131,13 +131,15 @@ async function classifyFirstBytes(reader: BufferedReader, timeouts: ProxyTimeout
       }
     } else {
       const http = classifyHttpRequestStart(bytes);
-      if (http === "http") return { kind: "http", bytes };
+      if (http === "http" || (http === "not_http" && looksLikeRequestLine(bytes))) {
+        return { kind: "http", bytes };
+      }
       const dns = classifyDnsOverTcp(bytes);
       if (dns === "dns") return { kind: "dns", bytes };
       if (http === "not_http" && dns === "not_dns") {
         return { kind: "raw", bytes, why: "not TLS, HTTP or DNS" };
       }
-      if (http === "need_more") {
+      if (http === "need_more" || startsH2Preface(bytes)) {
         waitMs = timeouts.headMs;
         undecided = "incomplete HTTP request line";
       }
@@ -156,6 +158,28 @@ async function classifyFirstBytes(reader: BufferedReader, timeouts: ProxyTimeout
     if (more === null) return incomplete("client ended after the first bytes");
     bytes = concatBytes(bytes, more);
   }
+}
+
+/**
+ * A complete first line `TOKEN SP TARGET SP HTTP/d` with a method the fast check does not know
+ * (`PRI * HTTP/2.0` of HTTP/2 prior knowledge, custom methods): it goes to the request parser,
+ * which decides or refuses it, instead of being relayed on a `tcp` verdict.
+ */
+function looksLikeRequestLine(bytes: Uint8Array): boolean {
+  const end = bytes.indexOf(0x0a);
+  if (end < 0 || end > 8192) return false;
+  let line = "";
+  for (let i = 0; i < end; i++) line += String.fromCharCode(bytes[i]);
+  return /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ ]+ HTTP\/\d/.test(line);
+}
+
+const H2_PREFACE_LINE = "PRI * HTTP/2.0\r\n";
+
+/** The bytes are the start of the HTTP/2 preface's first line (it may still complete). */
+function startsH2Preface(bytes: Uint8Array): boolean {
+  if (bytes.length >= H2_PREFACE_LINE.length) return false;
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== H2_PREFACE_LINE.charCodeAt(i)) return false;
+  return true;
 }
 
 class Proxy {

@@ -79,7 +79,11 @@ export function onlyRootCanChange(path: string): boolean {
     const real = Deno.realPathSync(path);
     const file = Deno.statSync(real);
     if (file.uid !== 0 || ((file.mode ?? 0) & 0o022) !== 0) return false;
-    for (let dir = real.slice(0, real.lastIndexOf("/")); dir !== ""; dir = dir.slice(0, dir.lastIndexOf("/"))) {
+    for (
+      let dir = real.slice(0, real.lastIndexOf("/"));
+      dir !== "";
+      dir = dir.slice(0, dir.lastIndexOf("/"))
+    ) {
       const stat = Deno.statSync(dir);
       const mode = stat.mode ?? 0;
       if (stat.uid !== 0 || ((mode & 0o022) !== 0 && (mode & 0o1000) === 0)) return false;

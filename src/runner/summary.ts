@@ -67,7 +67,7 @@ function processOf(event: LogEvent): string {
 type Row = { verdict: "deny" | "allow"; destination: string; process: string; action: string; count: number };
 
 /** Lines that are verdicts on a connection (dns_response repeats its query's verdict). */
-function isVerdictLine(event: LogEvent): boolean {
+export function isVerdictLine(event: LogEvent): boolean {
   return event.type !== "sudo" && event.type !== "dns_response" && event.policy !== undefined;
 }
 

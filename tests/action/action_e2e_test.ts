@@ -24,6 +24,11 @@ import {
 const repo = new URL("../../", import.meta.url).pathname;
 const NODE = findNode("/usr/local/bin:/usr/bin:/bin");
 
+/** curl that prints only the HTTP status (000 when the connection fails). */
+function statusCurl(url: string, seconds: number): string[] {
+  return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", String(seconds), url];
+}
+
 async function read(path: string): Promise<string | undefined> {
   try {
     return await Deno.readTextFile(path);
@@ -92,17 +97,7 @@ testWhen(
 
       // A step whose connection the policy denies.
       const curl = await output(runner.step(
-        [
-          "curl",
-          "-s",
-          "-o",
-          "/dev/null",
-          "-w",
-          "%{http_code}",
-          "--max-time",
-          "10",
-          `http://${topology.internetIp}:8080/blocked?token=secret`,
-        ],
+        statusCurl(`http://${topology.internetIp}:8080/blocked?token=secret`, 10),
         { env: { GITHUB_ACTION: "__run_2" }, netns: topology.runner.path, uid: NOBODY },
       ));
       assert.equal(curl.stdout, "403", curl.stderr);
@@ -172,7 +167,9 @@ testWhen(
       assert.ok(summary.includes(`### Step ${codeCell("__run_2")}`), summary);
       assert.ok(
         summary.includes(
-          `| ❌ denied | ${codeCell(`http://${topology.internetIp}:8080/blocked`)} | ${codeCell("/usr/bin/curl")} |`,
+          `| ❌ denied | ${codeCell(`http://${topology.internetIp}:8080/blocked`)} | ${
+            codeCell("/usr/bin/curl")
+          } |`,
         ),
         summary,
       );
@@ -192,6 +189,9 @@ testWhen(
       assert.equal(await read(paths.systemCaBundle), BUNDLE);
       assert.equal(await read(paths.runc), RUNC);
       assert.equal(await read(paths.caShared), undefined);
+      assert.equal(await read(paths.localCaCert), undefined);
+      assert.equal(await read(`${root}/run/egress/ca-key.pem`), undefined, "the CA key is deleted");
+      assert.equal(await read(`${root}/run/egress/control-token`), undefined, "the token is deleted");
       assert.equal(await read(`${root}/run/egress.sock`), undefined);
       assert.equal(await read(`${root}/run/egress.ready`), undefined);
       const rules = await run([...topology.runner.prefix(), "iptables-save"]);
@@ -243,17 +243,7 @@ testWhen(
       daemonRunning = true;
       const curl = () =>
         output(runner.step(
-          [
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            `http://${topology.internetIp}:8080/x`,
-          ],
+          statusCurl(`http://${topology.internetIp}:8080/x`, 5),
           { netns: topology.runner.path, uid: NOBODY },
         ));
       assert.equal((await curl()).stdout, "403");

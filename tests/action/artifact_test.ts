@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { actionsArtifactUploader, backendIds, crc32, storedZip } from "../../action/lib/artifact.ts";
-import { runPost } from "../../action/lib/post_run.ts";
+import { readConnectionLog, runPost } from "../../action/lib/post_run.ts";
+import { codeCell } from "../../src/runner/summary.ts";
 import { commandExists, testWhen } from "../helpers/requirements.ts";
 import { fakeRuntimeToken, startFakeResults, unzip } from "./fake_results.ts";
 
@@ -112,7 +113,11 @@ Deno.test("post: uses the injected uploader per upload-log; failures are warning
     assert.deepEqual(outcome.counts, { allowed: 0, denied: 1, errors: 0 });
     assert.ok(outcome.failures.some((f) => f.startsWith("egress was not running")));
     assert.ok(outcome.failures.includes("egress denied 1 connection (see the job summary)"));
-    assert.match(await Deno.readTextFile(`${root}/summary.md`), /\| ❌ denied \| `http:\/\/x\.test\/a` \|/);
+    assert.ok(
+      (await Deno.readTextFile(`${root}/summary.md`)).includes(
+        `| ❌ denied | ${codeCell("http://x.test/a")} |`,
+      ),
+    );
 
     const none = await runPost({
       env: { ...base, "INPUT_UPLOAD-LOG": "false", "INPUT_FAIL-ON-DENY": "false" },
@@ -134,6 +139,66 @@ Deno.test("post: uses the injected uploader per upload-log; failures are warning
       uploader: () => Promise.reject(new Error("must not be called")),
     });
     assert.deepEqual(notStarted.failures, [], "pre failed and said why; post adds nothing");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("post: a log larger than the summary limit is summarised from its start and every denial counted", async () => {
+  const root = await Deno.makeTempDir({ prefix: "egress-post-big-" });
+  try {
+    await Deno.mkdir(`${root}/var/log/egress`, { recursive: true });
+    const line = (i: number, policy: string) =>
+      JSON.stringify({
+        ts: "2026-12-01T10:00:00.000Z",
+        type: "http",
+        dst_ip: "203.0.113.9",
+        dst_port: 80,
+        src_port: 4000 + i,
+        url: `http://h${i}.test/é`,
+        method: "GET",
+        policy,
+        step: "__run_1",
+      }) + "\n";
+    const lines = [
+      ...Array.from({ length: 40 }, (_, i) => line(i, "allow")),
+      ...Array.from({ length: 3 }, (_, i) => line(100 + i, "deny")),
+      "not json\n",
+      line(200, "allow").replace('"step"', '"error":"upstream_unreachable","step"'),
+    ];
+    const logPath = `${root}/var/log/egress/connections.jsonl`;
+    await Deno.writeTextFile(logPath, lines.join(""));
+    const limit = new TextEncoder().encode(lines.slice(0, 10).join("")).length + 5; // inside line 11
+
+    const read = readConnectionLog(logPath, limit);
+    assert.equal(read.text, lines.slice(0, 10).join(""), "whole lines only");
+    assert.deepEqual(read.rest, { lines: 35, denied: 3, errors: 1 });
+    assert.equal(readConnectionLog(logPath).rest, undefined, "under the limit: read whole");
+
+    await Deno.writeTextFile(`${root}/summary.md`, "");
+    const uploads: string[] = [];
+    const outcome = await runPost({
+      env: {
+        STATE_started: "true",
+        EGRESS_TEST_ROOT: root,
+        RUNNER_TEMP: `${root}/tmp`,
+        GITHUB_STEP_SUMMARY: `${root}/summary.md`,
+        "INPUT_UPLOAD-LOG": "auto",
+      },
+      uploader: async (request) => {
+        uploads.push(await Deno.readTextFile(request.files[0].path));
+        return { size: 1 };
+      },
+      shutdownWaitMs: 100,
+      summaryLogBytes: limit,
+    });
+    assert.deepEqual(outcome.counts, { allowed: 10, denied: 3, errors: 1 });
+    assert.ok(outcome.failures.includes("egress denied 3 connections (see the job summary)"));
+    assert.deepEqual(uploads, [lines.join("")], "auto uploads (denials past the limit), the whole log");
+    assert.match(
+      await Deno.readTextFile(`${root}/summary.md`),
+      /after that come 35 more lines, 3 of them denied \(the artifact has them all\)/,
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }

@@ -60,8 +60,24 @@ Deno.test("action.yml files point at the bundles", async () => {
   for (const sub of ["disable-sudo", "enable-sudo"]) {
     const text = await Deno.readTextFile(`${repo}${sub}/action.yml`);
     assert.ok(text.includes("using: node24") && text.includes("main: dist/index.cjs"), sub);
+    assert.match(
+      text,
+      /^inputs:\n  token:\n(    .*\n)*    required: true$/m,
+      `${sub} takes the control token`,
+    );
     assert.ok(Object.keys(ACTION_ENTRIES).includes(`${sub}/dist/index.cjs`));
   }
+});
+
+Deno.test("the workflow hands the sub-actions the egress step's control-token output", async () => {
+  const workflow = await Deno.readTextFile(`${repo}.github/workflows/egress.yml`);
+  const uses = [...workflow.matchAll(/- uses: \.\/(disable|enable)-sudo\n(.*)\n(.*)\n/g)];
+  assert.ok(uses.length >= 2);
+  for (const use of uses) {
+    assert.equal(use[2].trim(), "with:");
+    assert.equal(use[3].trim(), "token: ${{ steps.egress.outputs.control-token }}");
+  }
+  assert.match(workflow, /- uses: \.\/\n {8}id: egress\n/);
 });
 
 Deno.test("the workflow's egress policies validate", async () => {

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { findNode } from "../../src/runner/runc_wrapper.ts";
 import { testWhen } from "../helpers/requirements.ts";
 import { annotation, parseBooleanInput } from "../../action/lib/actions.ts";
+import { DAEMON_PATH, daemonEnvironment, isFreshFile } from "../../action/lib/pre_run.ts";
 
 const repo = new URL("../../", import.meta.url).pathname;
 const NODE = findNode("/usr/local/bin:/usr/bin:/bin");
@@ -85,4 +86,46 @@ Deno.test("inputs: booleans in any case, empty is the default; annotations escap
     annotation("error", "50%\nnext", { title: "a:b,c" }),
     "::error title=a%3Ab%2Cc::50%25%0Anext",
   );
+});
+
+Deno.test("pre: the daemon gets only the listed variables and a PATH of system directories", () => {
+  const env = daemonEnvironment(
+    {
+      PATH: "/home/runner/.local/bin:/opt/hostedtoolcache/node/bin:/usr/bin",
+      HOME: "/home/runner",
+      GITHUB_REPOSITORY: "owner/repo",
+      GITHUB_ACTION_REPOSITORY: "owner/egress",
+      ACTIONS_RUNTIME_TOKEN: "rt",
+      INPUT_POLICY: "example.com",
+      SOME_SECRET: "s",
+    },
+    { githubToken: "ghs_x" },
+    "/cache/deno-dir",
+  );
+  assert.deepEqual(env, {
+    PATH: DAEMON_PATH,
+    GITHUB_REPOSITORY: "owner/repo",
+    GITHUB_ACTION_REPOSITORY: "owner/egress",
+    EGRESS_GITHUB_TOKEN: "ghs_x",
+    ACTIONS_RUNTIME_TOKEN: "rt",
+    DENO_DIR: "/cache/deno-dir",
+    DENO_NO_UPDATE_CHECK: "1",
+  });
+  for (const dir of DAEMON_PATH.split(":")) assert.match(dir, /^\/(usr\/(local\/)?)?s?bin$/);
+});
+
+Deno.test("pre: a ready file left by an earlier run does not count", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "egress-ready-" });
+  try {
+    const path = `${dir}/egress.ready`;
+    assert.equal(isFreshFile(path, Date.now()), false, "missing");
+    await Deno.writeTextFile(path, "1\n");
+    const old = new Date(Date.now() - 60_000);
+    await Deno.utime(path, old, old);
+    assert.equal(isFreshFile(path, Date.now()), false, "stale");
+    await Deno.writeTextFile(path, "2\n");
+    assert.equal(isFreshFile(path, Date.now()), true, "written now");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -271,3 +271,34 @@ testWhen(
     });
   },
 );
+
+testWhen(
+  unmetHere,
+  "peer server: a flood of silent clients cannot lock others out (the longest waiting is dropped)",
+  async () => {
+    await withServer({ runner: false }, async (path, _seen, logs) => {
+      const silent: Deno.UnixConn[] = [];
+      try {
+        while (silent.length < 80) {
+          try {
+            silent.push(await Deno.connect({ transport: "unix", path }));
+          } catch (error) {
+            // the listen backlog is full until the server's next accept round
+            if (!(error instanceof Deno.errors.WouldBlock)) throw error;
+            await new Promise((resolve) => setTimeout(resolve, 10));
+          }
+        }
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const started = Date.now();
+        assert.equal(await ask(path, "status"), 'ok: {"state":"running"}\n');
+        assert.ok(Date.now() - started < 2000, "answered long before the silent clients time out");
+        assert.ok(logs.some((line) => line.includes("too many clients, dropped the longest waiting")));
+        const first = new Uint8Array(64);
+        const n = await silent[0].read(first);
+        assert.equal(new TextDecoder().decode(first.subarray(0, n ?? 0)), "error: busy\n");
+      } finally {
+        for (const conn of silent) conn.close();
+      }
+    }, 30_000);
+  },
+);

@@ -81,3 +81,39 @@ Deno.test("operational log: EGRESS_DEBUG=1 enables DEBUG, and lines reach stderr
   const without = await run({ EGRESS_DEBUG: "0" });
   assert.match(without, /^\S+ INFO info line\n$/);
 });
+
+Deno.test("operational log: a WARN/ERROR flood is capped per window and the rest counted", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "egress-oplog-flood-" });
+  try {
+    const path = `${dir}/egress.log`;
+    let now = at.getTime();
+    const log = new OperationalLog({
+      path,
+      stderr: false,
+      now: () => new Date(now),
+      floodLimit: 3,
+      floodWindowMs: 1000,
+    });
+    for (let i = 0; i < 10; i++) log.warn(`refused ${i}`);
+    log.info("startup step"); // never held back
+    log.error("late error"); // still inside the window: suppressed
+    now += 1000;
+    log.error("next window");
+    for (let i = 0; i < 5; i++) log.warn(`again ${i}`);
+    log.close();
+    const lines = (await Deno.readTextFile(path)).trimEnd().split("\n").map((l) => l.slice(25));
+    assert.deepEqual(lines, [
+      "WARN refused 0",
+      "WARN refused 1",
+      "WARN refused 2",
+      "INFO startup step",
+      "WARN operational log: 8 WARN/ERROR lines suppressed (more than 3 in 1000 ms)",
+      "ERROR next window",
+      "WARN again 0",
+      "WARN again 1",
+      "WARN operational log: 3 WARN/ERROR lines suppressed (more than 3 in 1000 ms)",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

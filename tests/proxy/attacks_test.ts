@@ -60,15 +60,20 @@ Deno.test("attack: a silent client cannot ride a tcp verdict into a TLS session 
     });
     const outcome = await tls.then(async (conn) => {
       try {
+        await conn.handshake();
         await writeAll(conn, encode("GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n"));
         return decode(await readAll(conn, 4096, 2000));
       } finally {
         conn.close();
       }
-    }, (error) => `handshake failed: ${error}`);
+    }).catch((error) => `handshake failed: ${error}`);
     assert.ok(!outcome.includes('"host":"evil.test"'), `reached the upstream: ${outcome}`);
     await eventually(() => proxy.log.lines.length >= 1);
-    assert.deepEqual(proxy.log.lines.map((l) => [l.type, l.host, l.policy]), [["https", "evil.test", "deny"]]);
+    assert.deepEqual(proxy.log.lines.map((l) => [l.type, l.host, l.policy]), [[
+      "https",
+      "evil.test",
+      "deny",
+    ]]);
 
     // The same late ClientHello for the allowed name is intercepted as usual.
     const tcp2 = await Deno.connect({ hostname: "127.0.0.1", port: proxy.port });
@@ -84,7 +89,7 @@ Deno.test("attack: a silent client cannot ride a tcp verdict into a TLS session 
     }
     await eventually(() => proxy.log.lines.length >= 2);
     assert.equal(proxy.log.lines[1].type, "https");
-    assert.equal(proxy.log.lines[1].url, `https://allowed.test:${upstream.port}/late`);
+    assert.equal(proxy.log.lines[1].url, "https://allowed.test/late");
     assert.equal(proxy.log.lines[1].error, "upstream_tls_failed");
   } finally {
     await proxy.close();
@@ -203,9 +208,19 @@ function malformedHelloWithTwoNames(): Uint8Array {
   const list = [...name("a.test"), ...name("b.test")];
   const sni = [0x00, 0x00, 0x00, list.length + 2, 0x00, list.length, ...list];
   const body = [
-    0x03, 0x03, ...new Uint8Array(32), 0x00, // version, random, empty session id
-    0x00, 0x02, 0x13, 0x01, 0x01, 0x00, // one cipher suite, null compression
-    0x00, sni.length, ...sni,
+    0x03,
+    0x03,
+    ...new Uint8Array(32),
+    0x00, // version, random, empty session id
+    0x00,
+    0x02,
+    0x13,
+    0x01,
+    0x01,
+    0x00, // one cipher suite, null compression
+    0x00,
+    sni.length,
+    ...sni,
   ];
   const handshake = [0x01, 0x00, body.length >> 8, body.length & 0xff, ...body];
   return new Uint8Array([0x16, 0x03, 0x01, handshake.length >> 8, handshake.length & 0xff, ...handshake]);
@@ -231,6 +246,8 @@ Deno.test("attack: absolute-form, CONNECT, smuggling framings and HTTP/2 never r
       ["GET / HTTP/1.1\r\nHost: allowed.test\r\nX-A: 1\r\n Host: evil.test\r\n\r\n", 400],
       ["GET / HTTP/1.1\r\nHost: allowed.test\r\nHost: evil.test\r\n\r\n", 400],
       ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505],
+      // a method the fast classifier does not know is still an HTTP request, judged by its Host
+      ["XGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n", 403],
     ];
     for (const [request, status] of expectations) {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxy.port });
@@ -245,7 +262,7 @@ Deno.test("attack: absolute-form, CONNECT, smuggling framings and HTTP/2 never r
     await sleep(100);
     assert.equal(upstream.received(), 0, "a refused request reached the upstream");
     const denied = proxy.log.lines.filter((l) => l.policy === "deny").map((l) => l.url);
-    assert.deepEqual(denied, ["http://evil.test/", "http://evil.test:443/"]);
+    assert.deepEqual(denied, ["http://evil.test/", "http://evil.test:443/", "http://evil.test/"]);
   } finally {
     await proxy.close();
     await upstream.close();
@@ -264,6 +281,7 @@ Deno.test("attack: SNI case and trailing dot are normalised; an IP-literal SNI i
   try {
     const conn = await tlsClient(proxy, "API.Test", [proxy.egressCa.caCertPem]);
     try {
+      await conn.handshake();
       await writeAll(conn, encode("GET /x HTTP/1.1\r\nHost: api.test.\r\nConnection: close\r\n\r\n"));
       const response = await readResponse(conn);
       assert.equal(response.status, 200, response.body);
@@ -276,14 +294,49 @@ Deno.test("attack: SNI case and trailing dot are normalised; an IP-literal SNI i
     const ip = await Deno.connect({ hostname: "127.0.0.1", port: proxy.port });
     const tls = await Deno.startTls(ip, { hostname: "127.0.0.1", caCerts: [proxy.egressCa.caCertPem] })
       .then(async (c) => {
-        await writeAll(c, encode("GET / HTTP/1.1\r\nHost: api.test\r\n\r\n"));
-        const r = await readResponse(c).catch(() => ({ status: 0 }));
-        c.close();
-        return r.status;
-      }, () => -1);
+        try {
+          await c.handshake();
+          await writeAll(c, encode("GET / HTTP/1.1\r\nHost: api.test\r\n\r\n"));
+          return (await readResponse(c)).status;
+        } finally {
+          c.close();
+        }
+      }).catch(() => -1);
     assert.notEqual(tls, 200);
     await eventually(() => proxy.log.lines.length >= 2);
     assert.equal(proxy.log.lines[1].policy, "deny");
+  } finally {
+    await proxy.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("attack: a passthrough SNI towards an IP the name never resolved to is intercepted, not relayed", async () => {
+  // Without corroboration any server could be reached untouched by claiming the passthrough name:
+  // the flag is dropped, so the proxy intercepts and verifies the upstream against the SNI.
+  const upstreamCa = await testCa("upstream");
+  const leaf = await upstreamCa.leafFor("pass.test");
+  const upstream = await httpUpstream("127.0.0.1", jsonEcho, { cert: leaf.certPem, key: leaf.keyPem });
+  const proxy = await proxyUnderTest({
+    policy: `pass.test:${upstream.port} passthrough`,
+    target: { ip: "127.0.0.1", port: upstream.port },
+  });
+  try {
+    proxy.dnsCache.add("pass.test", ["127.0.0.9"], 300); // the name resolved elsewhere
+    const status = await tlsClient(proxy, "pass.test", [upstreamCa.caCertPem]).then(async (conn) => {
+      try {
+        await conn.handshake();
+        await writeAll(conn, encode("GET / HTTP/1.1\r\nHost: pass.test\r\nConnection: close\r\n\r\n"));
+        return (await readResponse(conn)).status;
+      } finally {
+        conn.close();
+      }
+    }).catch(() => -1);
+    assert.equal(status, -1);
+    await eventually(() => proxy.log.lines.length >= 1);
+    const line = proxy.log.lines[0];
+    assert.deepEqual([line.type, line.host, line.error], ["https", "pass.test", "tls_client_rejected_ca"]);
+    assert.equal(line.passthrough, undefined);
   } finally {
     await proxy.close();
     await upstream.close();

@@ -343,25 +343,29 @@ testWhen(noNode, "runc wrapper install: skipped without runc or with a foreign r
   }
 });
 
-testWhen(needsRoot(), "findNode: only a node that no one but root can replace runs in the wrapper", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "egress-node-" }); // in sticky /tmp: allowed
-  try {
-    await Deno.chmod(dir, 0o755);
-    await Deno.writeTextFile(`${dir}/node`, "#!/bin/sh\n", { mode: 0o755 });
-    await Deno.chmod(`${dir}/node`, 0o755);
-    assert.equal(onlyRootCanChange(`${dir}/node`), true);
-    assert.equal(findNode(`relative:${dir}`), `${dir}/node`);
-    await Deno.chmod(dir, 0o777); // anyone could rename it away and put their own there
-    assert.equal(findNode(dir), undefined);
-    await Deno.chmod(dir, 0o755);
-    await Deno.chmod(`${dir}/node`, 0o775);
-    assert.equal(findNode(dir), undefined, "group-writable file");
-    await Deno.chmod(`${dir}/node`, 0o755);
-    await Deno.chown(`${dir}/node`, 65534, 65534);
-    assert.equal(findNode(dir), undefined, "owned by the runner user");
-    await Deno.symlink(`${dir}/node`, `${dir}/link`);
-    assert.equal(onlyRootCanChange(`${dir}/link`), false, "links are judged by their target");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+testWhen(
+  needsRoot(),
+  "findNode: only a node that no one but root can replace runs in the wrapper",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "egress-node-" }); // in sticky /tmp: allowed
+    try {
+      await Deno.chmod(dir, 0o755);
+      await Deno.writeTextFile(`${dir}/node`, "#!/bin/sh\n", { mode: 0o755 });
+      await Deno.chmod(`${dir}/node`, 0o755);
+      assert.equal(onlyRootCanChange(`${dir}/node`), true);
+      assert.equal(findNode(`relative:${dir}`), `${dir}/node`);
+      await Deno.chmod(dir, 0o777); // anyone could rename it away and put their own there
+      assert.equal(findNode(dir), undefined);
+      await Deno.chmod(dir, 0o755);
+      await Deno.chmod(`${dir}/node`, 0o775);
+      assert.equal(findNode(dir), undefined, "group-writable file");
+      await Deno.chmod(`${dir}/node`, 0o755);
+      await Deno.chown(`${dir}/node`, 65534, 65534);
+      assert.equal(findNode(dir), undefined, "owned by the runner user");
+      await Deno.symlink(`${dir}/node`, `${dir}/link`);
+      assert.equal(onlyRootCanChange(`${dir}/link`), false, "links are judged by their target");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import {
-  countEvents,
   codeCell,
+  countEvents,
   destinationOf,
   literalText,
   MAX_CELL_CHARS,
@@ -77,9 +77,13 @@ Deno.test("summary: denied first, grouped by step and process, allowed collapsed
   const build = text.indexOf(`### Step ${cell("build")}`);
   assert.ok(test >= 0 && noStep >= 0 && build >= 0);
   assert.ok(test < build && noStep < build, "steps with denials come first");
-  assert.ok(text.includes(`| ❌ denied | ${cell("https://evil.test/x|y")} | ${cell("/usr/bin/curl")} |  | 2 |`));
   assert.ok(
-    text.includes(`| ❌ denied | ${cell("203.0.113.5:5432")} | ${cell("/usr/bin/psql, image postgres:16")} |  | 1 |`),
+    text.includes(`| ❌ denied | ${cell("https://evil.test/x|y")} | ${cell("/usr/bin/curl")} |  | 2 |`),
+  );
+  assert.ok(
+    text.includes(
+      `| ❌ denied | ${cell("203.0.113.5:5432")} | ${cell("/usr/bin/psql, image postgres:16")} |  | 1 |`,
+    ),
   );
   assert.ok(text.includes("<details><summary>2 allowed (1 destinations)</summary>"));
   assert.ok(
