@@ -4277,6 +4277,7 @@ var RUNC = "/usr/bin/runc";
 var RUNC_WRAPPER_SCRIPT = "/usr/local/share/egress/runc-wrapper.cjs";
 var USERNS_CLONE_SYSCTL = "/proc/sys/kernel/unprivileged_userns_clone";
 var MAX_USER_NAMESPACES_SYSCTL = "/proc/sys/user/max_user_namespaces";
+var LIB_DIR = "/usr/local/lib/egress";
 function systemPaths(root = "") {
   const base = root.replace(/\/+$/, "");
   const at = (path2) => `${base}${path2}`;
@@ -4290,7 +4291,8 @@ function systemPaths(root = "") {
     runcReal: at(`${RUNC}.real`),
     runcWrapperScript: at(RUNC_WRAPPER_SCRIPT),
     usernsClone: at(USERNS_CLONE_SYSCTL),
-    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL)
+    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL),
+    libDir: at(LIB_DIR)
   };
 }
 
@@ -4497,7 +4499,8 @@ async function runPost(options) {
     );
     try {
       const deno = getState("deno", env) || "deno";
-      const stop = asRoot([deno, "run", "-A", paths.entry, "stop", "--control-socket", paths.controlSocket]);
+      const entry = getState("entry", env) || paths.entry;
+      const stop = asRoot([deno, "run", "-A", entry, "stop", "--control-socket", paths.controlSocket]);
       (0, import_node_child_process2.execFileSync)(stop[0], stop.slice(1), { stdio: "inherit", timeout: 3e4 });
       stopped = true;
     } catch {

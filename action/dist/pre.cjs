@@ -83,9 +83,9 @@ function setSecret(value2) {
 }
 
 // action/lib/pre_run.ts
-var import_node_child_process3 = require("node:child_process");
-var import_node_fs4 = require("node:fs");
-var import_node_path3 = require("node:path");
+var import_node_child_process4 = require("node:child_process");
+var import_node_fs5 = require("node:fs");
+var import_node_path4 = require("node:path");
 var import_node_process6 = __toESM(require("node:process"));
 
 // src/runner/paths.ts
@@ -97,6 +97,7 @@ var RUNC = "/usr/bin/runc";
 var RUNC_WRAPPER_SCRIPT = "/usr/local/share/egress/runc-wrapper.cjs";
 var USERNS_CLONE_SYSCTL = "/proc/sys/kernel/unprivileged_userns_clone";
 var MAX_USER_NAMESPACES_SYSCTL = "/proc/sys/user/max_user_namespaces";
+var LIB_DIR = "/usr/local/lib/egress";
 function systemPaths(root = "") {
   const base = root.replace(/\/+$/, "");
   const at = (path2) => `${base}${path2}`;
@@ -110,7 +111,8 @@ function systemPaths(root = "") {
     runcReal: at(`${RUNC}.real`),
     runcWrapperScript: at(RUNC_WRAPPER_SCRIPT),
     usernsClone: at(USERNS_CLONE_SYSCTL),
-    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL)
+    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL),
+    libDir: at(LIB_DIR)
   };
 }
 function caEnvironment(paths = systemPaths()) {
@@ -2245,9 +2247,9 @@ function parsePolicyText(text, defaults, repository, builtin = false) {
   warnings.push(...crossRuleWarnings(rules, infos));
   return { rules, sources, errors, warnings };
 }
-function applyHeader(defaults, header2, lineNumber, origin, warnings) {
+function applyHeader(defaults, header22, lineNumber, origin, warnings) {
   const context = { ...defaults, headerLine: lineNumber };
-  const category = header2.category;
+  const category = header22.category;
   if (category?.kind === "passthrough") context.passthrough = true;
   if (category?.kind === "insecure") context.insecure = true;
   if (category?.kind === "methods") context.methods = category.methods;
@@ -2260,8 +2262,8 @@ function applyHeader(defaults, header2, lineNumber, origin, warnings) {
     context.port = category.url.ports?.ports ?? [category.url.scheme === "http" ? 80 : 443];
     context.protocol = "tcp";
   }
-  if (header2.attrs.length > 0) {
-    context.attrs = { ...defaults.attrs, ...collectAttrs(header2.attrs, origin, warnings) };
+  if (header22.attrs.length > 0) {
+    context.attrs = { ...defaults.attrs, ...collectAttrs(header22.attrs, origin, warnings) };
   }
   return context;
 }
@@ -2532,6 +2534,240 @@ function tail(path2, lines = 30) {
   return text.split("\n").filter((line) => line !== "").slice(-lines).join("\n");
 }
 
+// action/lib/root_install.ts
+var import_node_child_process3 = require("node:child_process");
+var import_node_crypto2 = require("node:crypto");
+var import_node_fs4 = require("node:fs");
+var import_node_path3 = require("node:path");
+var CODE_FILES = ["deno.json", "deno.lock", "mod.ts", "action/dist/runc-wrapper.cjs"];
+var CODE_DIRS = ["src", "ffi", "bpf/dist"];
+function installedCode(dir) {
+  const app = (0, import_node_path3.join)(dir, "app");
+  return {
+    dir,
+    deno: (0, import_node_path3.join)(dir, "bin", "deno"),
+    app,
+    config: (0, import_node_path3.join)(app, "deno.json"),
+    entry: (0, import_node_path3.join)(app, "mod.ts"),
+    denoDir: (0, import_node_path3.join)(dir, "deno-dir")
+  };
+}
+function collect(base, rel, out, prefix, strict) {
+  const stat = (0, import_node_fs4.lstatSync)((0, import_node_path3.join)(base, rel));
+  if (stat.isDirectory()) {
+    out.push({ path: `${prefix}/${rel}`, mode: 493 });
+    for (const name of (0, import_node_fs4.readdirSync)((0, import_node_path3.join)(base, rel)).sort()) {
+      if (!collect(base, `${rel}/${name}`, out, prefix, strict)) return false;
+    }
+    return true;
+  }
+  if (stat.isFile()) {
+    out.push({ path: `${prefix}/${rel}`, mode: 420, data: (0, import_node_fs4.readFileSync)((0, import_node_path3.join)(base, rel)) });
+    return true;
+  }
+  if (strict) throw new Error(`Cannot install ${(0, import_node_path3.join)(base, rel)}: not a regular file or directory`);
+  return false;
+}
+function withParents(entries) {
+  const seen = new Set(entries.filter((e) => !e.data).map((e) => e.path));
+  const out = [];
+  for (const entry of entries) {
+    const parents = [];
+    for (let dir = (0, import_node_path3.dirname)(entry.path); dir !== "." && !seen.has(dir); dir = (0, import_node_path3.dirname)(dir)) {
+      parents.unshift(dir);
+    }
+    for (const dir of parents) {
+      seen.add(dir);
+      out.push({ path: dir, mode: 493 });
+    }
+    out.push(entry);
+  }
+  return out;
+}
+function planInstall(actionRoot, libDir, denoVersion) {
+  const code = [];
+  for (const file of CODE_FILES) collect(actionRoot, file, code, "app", true);
+  for (const dir of CODE_DIRS) collect(actionRoot, dir, code, "app", true);
+  const hash = (0, import_node_crypto2.createHash)("sha256").update(`deno ${denoVersion}
+`);
+  for (const entry of code) {
+    hash.update(`${entry.path}\0${entry.mode.toString(8)}\0${entry.data?.length ?? -1}\0`);
+    if (entry.data) hash.update(entry.data);
+  }
+  let version = "0";
+  try {
+    version = String(JSON.parse((0, import_node_fs4.readFileSync)((0, import_node_path3.join)(actionRoot, "deno.json"), "utf8")).version ?? "0");
+  } catch {
+  }
+  const key2 = `${version.replace(/[^0-9A-Za-z.+-]/g, "_")}-${hash.digest("hex").slice(0, 16)}`;
+  const entries = withParents([{ path: "bin", mode: 493 }, { path: "deno-dir", mode: 493 }, ...code]);
+  return { dir: (0, import_node_path3.join)(libDir, key2), key: key2, libDir, entries };
+}
+function seedEntries(actionRoot, seedDenoDir) {
+  let packages = [];
+  try {
+    packages = Object.keys(JSON.parse((0, import_node_fs4.readFileSync)((0, import_node_path3.join)(actionRoot, "deno.lock"), "utf8")).npm ?? {});
+  } catch {
+    return [];
+  }
+  const out = [];
+  const registry = (0, import_node_path3.join)(seedDenoDir, "npm", "registry.npmjs.org");
+  for (const key2 of packages) {
+    const at = key2.lastIndexOf("@");
+    if (at <= 0) continue;
+    const name = key2.slice(0, at);
+    const version = key2.slice(at + 1).split("_")[0];
+    if (!/^(@[\w.-]+\/)?[\w.-]+$/.test(name) || !/^[\w.+-]+$/.test(version)) continue;
+    const base = (0, import_node_path3.join)(registry, name);
+    if (!(0, import_node_fs4.existsSync)((0, import_node_path3.join)(base, version)) || !(0, import_node_fs4.existsSync)((0, import_node_path3.join)(base, "registry.json"))) continue;
+    const entries = [];
+    const prefix = `deno-dir/npm/registry.npmjs.org/${name}`;
+    try {
+      if (!collect(base, "registry.json", entries, prefix, false)) continue;
+      if (!collect(base, version, entries, prefix, false)) continue;
+    } catch {
+      continue;
+    }
+    out.push(...entries);
+  }
+  return withParents(out);
+}
+function octal(value2, width) {
+  return value2.toString(8).padStart(width - 1, "0") + "\0";
+}
+function header2(name, mode, size, type) {
+  const block = Buffer.alloc(512);
+  block.write(name, 0, 100, "utf8");
+  block.write(octal(mode, 8), 100);
+  block.write(octal(0, 8), 108);
+  block.write(octal(0, 8), 116);
+  block.write(octal(size, 12), 124);
+  block.write(octal(0, 12), 136);
+  block.fill(" ", 148, 156);
+  block.write(type, 156);
+  block.write("ustar\0", 257);
+  block.write("00", 263);
+  block.write("root", 265);
+  block.write("root", 297);
+  let sum = 0;
+  for (const byte of block) sum += byte;
+  block.write(sum.toString(8).padStart(6, "0") + "\0 ", 148);
+  return block;
+}
+function padding(size) {
+  return Buffer.alloc((512 - size % 512) % 512);
+}
+function tarArchive(entries) {
+  const parts = [];
+  for (const entry of entries) {
+    const name = entry.data ? entry.path : `${entry.path}/`;
+    if (Buffer.byteLength(name) > 100) {
+      const text = ` path=${name}
+`;
+      let length = Buffer.byteLength(text) + 2;
+      while (String(length).length + Buffer.byteLength(text) !== length) {
+        length = String(length).length + Buffer.byteLength(text);
+      }
+      const record = Buffer.from(`${length}${text}`);
+      parts.push(header2("PaxHeader", 420, record.length, "x"), record, padding(record.length));
+    }
+    const size = entry.data?.length ?? 0;
+    parts.push(header2(name, entry.mode, size, entry.data ? "0" : "5"));
+    if (entry.data) parts.push(Buffer.from(entry.data), padding(size));
+  }
+  parts.push(Buffer.alloc(1024));
+  return Buffer.concat(parts);
+}
+var INSTALL_SCRIPT = `set -eu
+umask 022
+lib=$1 key=$2 deno=$3
+mkdir -p "$lib"
+if [ -d "$lib/$key" ]; then cat >/dev/null; exit 0; fi
+stage=$(mktemp -d "$lib/.staging-XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+chmod 0755 "$stage"
+tar -x -m --no-same-owner -f - -C "$stage"
+cp "$deno" "$stage/bin/deno"
+chmod 0755 "$stage/bin/deno"
+mv -T "$stage" "$lib/$key" 2>/dev/null || [ -d "$lib/$key" ]
+`;
+function installCode(plan, denoBinary, seed) {
+  const binary = (0, import_node_fs4.statSync)(denoBinary);
+  if (!binary.isFile()) throw new Error(`Cannot install Deno: ${denoBinary} is not a regular file`);
+  const archive = tarArchive([...plan.entries, ...seed]);
+  const argv = asRoot(["/bin/sh", "-c", INSTALL_SCRIPT, "egress-install", plan.libDir, plan.key, denoBinary]);
+  try {
+    (0, import_node_child_process3.execFileSync)(argv[0], argv.slice(1), {
+      input: archive,
+      stdio: ["pipe", "pipe", "pipe"],
+      timeout: 6e4
+    });
+  } catch (error) {
+    const stderr = error.stderr?.toString().trim();
+    throw new Error(
+      `Cannot install the daemon's code into ${plan.dir}: ${stderr || error.message}`
+    );
+  }
+}
+function rootOnly(path2, mode, uid, sticky = false) {
+  if (uid !== 0) return `${path2} is not owned by root`;
+  if ((mode & 18) !== 0 && !(sticky && (mode & 512) !== 0)) {
+    return `${path2} is writable by group or others`;
+  }
+  return void 0;
+}
+function chainProblem(path2) {
+  const parts = path2.split("/").filter(Boolean);
+  for (let i = 0; i <= parts.length; i++) {
+    const dir = "/" + parts.slice(0, i).join("/");
+    let stat;
+    try {
+      stat = (0, import_node_fs4.lstatSync)(dir);
+    } catch {
+      return void 0;
+    }
+    if (stat.isSymbolicLink()) return `${dir} is a symbolic link`;
+    if (!stat.isDirectory()) return `${dir} is not a directory`;
+    const problem = rootOnly(dir, stat.mode, stat.uid, true);
+    if (problem) return problem;
+  }
+  return void 0;
+}
+function treeProblem(path2) {
+  const stat = (0, import_node_fs4.lstatSync)(path2);
+  if (!stat.isDirectory() && !stat.isFile()) return `${path2} is not a regular file or directory`;
+  const problem = rootOnly(path2, stat.mode, stat.uid);
+  if (problem || !stat.isDirectory()) return problem;
+  for (const name of (0, import_node_fs4.readdirSync)(path2)) {
+    const inner = treeProblem((0, import_node_path3.join)(path2, name));
+    if (inner) return inner;
+  }
+  return void 0;
+}
+function installProblem(plan) {
+  try {
+    const chain = chainProblem(plan.dir);
+    if (chain) return chain;
+    if (!(0, import_node_fs4.existsSync)(plan.dir)) return `${plan.dir} does not exist`;
+    for (const sub of ["bin", "app"]) {
+      const problem2 = treeProblem((0, import_node_path3.join)(plan.dir, sub));
+      if (problem2) return problem2;
+    }
+    const denoDir = (0, import_node_fs4.lstatSync)((0, import_node_path3.join)(plan.dir, "deno-dir"));
+    if (!denoDir.isDirectory()) return `${plan.dir}/deno-dir is not a directory`;
+    const problem = rootOnly(`${plan.dir}/deno-dir`, denoDir.mode, denoDir.uid);
+    if (problem) return problem;
+    for (const entry of plan.entries) {
+      if (entry.data && !(0, import_node_fs4.existsSync)((0, import_node_path3.join)(plan.dir, entry.path))) {
+        return `${plan.dir}/${entry.path} is missing`;
+      }
+    }
+    return void 0;
+  } catch (error) {
+    return error.message;
+  }
+}
+
 // action/lib/pre_run.ts
 var READY_POLL_MS = 100;
 var READY_TIMEOUT_MS = 3e4;
@@ -2581,7 +2817,7 @@ var LIBRARIES = [["libbpf.so.1", "libbpf1"], [
 function ensureLibraries() {
   let cache = "";
   try {
-    cache = (0, import_node_child_process3.execFileSync)("/sbin/ldconfig", ["-p"], { encoding: "utf8" });
+    cache = (0, import_node_child_process4.execFileSync)("/sbin/ldconfig", ["-p"], { encoding: "utf8" });
   } catch {
     cache = "";
   }
@@ -2589,7 +2825,7 @@ function ensureLibraries() {
   if (missing.length === 0) return [];
   const install = asRoot(["apt-get", "install", "-y", "--no-install-recommends", ...missing]);
   try {
-    (0, import_node_child_process3.execFileSync)(install[0], install.slice(1), {
+    (0, import_node_child_process4.execFileSync)(install[0], install.slice(1), {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...import_node_process6.default.env, DEBIAN_FRONTEND: "noninteractive" },
       timeout: 18e4
@@ -2600,15 +2836,15 @@ function ensureLibraries() {
   }
   return missing;
 }
-function daemonArgs(deno, paths, inputs, env = import_node_process6.default.env) {
+function daemonArgs(code, paths, inputs, env = import_node_process6.default.env) {
   return [
-    deno,
+    code.deno,
     "run",
     "-A",
     "--no-prompt",
     "--config",
-    (0, import_node_path3.join)(paths.actionRoot, "deno.json"),
-    paths.entry,
+    code.config,
+    env.EGRESS_TEST_ENTRY || code.entry,
     "start",
     "--runner",
     "--policy",
@@ -2630,7 +2866,7 @@ function daemonArgs(deno, paths, inputs, env = import_node_process6.default.env)
   ];
 }
 function launchCommand(daemon, env) {
-  const scoped = (0, import_node_fs4.existsSync)("/run/systemd/system") ? ["systemd-run", "--scope", "--unit=egress", "--collect", "--quiet", ...daemon] : daemon;
+  const scoped = (0, import_node_fs5.existsSync)("/run/systemd/system") ? ["systemd-run", "--scope", "--unit=egress", "--collect", "--quiet", ...daemon] : daemon;
   return asRoot(["/usr/bin/env", "-u", "HOME", ...scoped], Object.keys(env));
 }
 var DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -2647,13 +2883,39 @@ function daemonEnvironment(env, inputs, denoDir) {
 }
 function isFreshFile(path2, since) {
   try {
-    return (0, import_node_fs4.statSync)(path2).mtimeMs >= since - 1e3;
+    return (0, import_node_fs5.statSync)(path2).mtimeMs >= since - 1e3;
   } catch {
     return false;
   }
 }
 function sleep(ms) {
   return new Promise((resolve2) => setTimeout(resolve2, ms));
+}
+function installDaemonCode(paths, env) {
+  const lockDir = (0, import_node_path4.join)(paths.actionRoot, "action", "deno");
+  const version = pinnedVersion(lockDir);
+  const plan = planInstall(paths.actionRoot, paths.system.libDir, version);
+  const code = installedCode(plan.dir);
+  if ((0, import_node_fs5.existsSync)(plan.dir)) {
+    const problem2 = installProblem(plan);
+    if (problem2) throw new StepFailure(`Cannot use the daemon's code in ${plan.dir}: ${problem2}`);
+    emit(`egress: Deno ${version} and the daemon's code from ${plan.dir} (kept from an earlier job)`);
+    return code;
+  }
+  const chain = chainProblem(paths.system.libDir);
+  if (chain) throw new StepFailure(`Cannot install the daemon's code into ${paths.system.libDir}: ${chain}`);
+  const deno = ensureDeno(lockDir, env);
+  emit(`egress: Deno ${deno.version} ${deno.cached ? "from the cache" : "installed"} (${deno.path})`);
+  const started = Date.now();
+  try {
+    installCode(plan, deno.path, seedEntries(paths.actionRoot, env.DENO_DIR || (0, import_node_path4.join)(deno.dir, "deno-dir")));
+  } catch (error) {
+    throw new StepFailure(error.message);
+  }
+  const problem = installProblem(plan);
+  if (problem) throw new StepFailure(`Cannot use the daemon's code in ${plan.dir}: ${problem}`);
+  emit(`egress: the daemon runs from ${plan.dir} (root-owned copy, ${Date.now() - started} ms)`);
+  return code;
 }
 async function runPre(options = {}) {
   const env = options.env ?? import_node_process6.default.env;
@@ -2663,28 +2925,29 @@ async function runPre(options = {}) {
   const paths = actionPaths(env);
   const policy = reportPolicy(inputs, env.GITHUB_REPOSITORY);
   if (policy.failed) throw new StepFailure("The egress policy has errors (see the annotations above)");
-  const deno = ensureDeno((0, import_node_path3.join)(paths.actionRoot, "action", "deno"), env);
-  emit(`egress: Deno ${deno.version} ${deno.cached ? "from the cache" : "installed"} (${deno.path})`);
+  const code = installDaemonCode(paths, env);
   const installed = ensureLibraries();
   if (installed.length > 0) emit(`egress: installed ${installed.join(", ")}`);
-  (0, import_node_fs4.mkdirSync)(paths.workDir, { recursive: true, mode: 448 });
-  const daemonEnv = daemonEnvironment(env, inputs, env.DENO_DIR || (0, import_node_path3.join)(deno.dir, "deno-dir"));
-  const argv = launchCommand(daemonArgs(deno.path, paths, inputs, env), daemonEnv);
-  const outputPath = (0, import_node_path3.join)(paths.workDir, "daemon.out");
-  const output = (0, import_node_fs4.openSync)(outputPath, "a", 384);
+  (0, import_node_fs5.mkdirSync)(paths.workDir, { recursive: true, mode: 448 });
+  const daemonEnv = daemonEnvironment(env, inputs, code.denoDir);
+  const argv = launchCommand(daemonArgs(code, paths, inputs, env), daemonEnv);
+  const outputPath = (0, import_node_path4.join)(paths.workDir, "daemon.out");
+  const output = (0, import_node_fs5.openSync)(outputPath, "a", 384);
   const launched = Date.now();
-  const child = (0, import_node_child_process3.spawn)(argv[0], argv.slice(1), {
+  const child = (0, import_node_child_process4.spawn)(argv[0], argv.slice(1), {
+    cwd: code.app,
     detached: true,
     stdio: ["pipe", output, output],
     env: daemonEnv
   });
   let exitCode;
-  child.on("exit", (code, signal) => exitCode = code ?? (signal ? 128 : 1));
+  child.on("exit", (code2, signal) => exitCode = code2 ?? (signal ? 128 : 1));
   child.on("error", () => exitCode = 127);
   child.stdin.end(inputs.policy);
   child.unref();
   saveState("started", "true", env);
-  saveState("deno", deno.path, env);
+  saveState("deno", code.deno, env);
+  saveState("entry", code.entry, env);
   saveState("daemon_pid", String(child.pid ?? ""), env);
   saveState("audit", String(inputs.audit), env);
   const timeout = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
@@ -2700,7 +2963,7 @@ ${details}
     }
     await sleep(READY_POLL_MS);
   }
-  const token = readPrivileged((0, import_node_path3.join)(paths.stateDir, "control-token"))?.trim();
+  const token = readPrivileged((0, import_node_path4.join)(paths.stateDir, "control-token"))?.trim();
   if (!token) throw new StepFailure(`Cannot read the control token from ${paths.stateDir}`);
   setSecret(token);
   saveState("control_token", token, env);

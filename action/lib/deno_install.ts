@@ -24,7 +24,7 @@ export type DenoInstall = {
   dir: string;
 };
 
-function pinnedVersion(lockDir: string): string {
+export function pinnedVersion(lockDir: string): string {
   const lock = JSON.parse(readFileSync(join(lockDir, "package-lock.json"), "utf8"));
   const version = lock?.packages?.["node_modules/deno"]?.version;
   if (typeof version !== "string") {

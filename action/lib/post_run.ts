@@ -161,7 +161,8 @@ export async function runPost(options: PostOptions): Promise<PostOutcome> {
     );
     try {
       const deno = getState("deno", env) || "deno";
-      const stop = asRoot([deno, "run", "-A", paths.entry, "stop", "--control-socket", paths.controlSocket]);
+      const entry = getState("entry", env) || paths.entry;
+      const stop = asRoot([deno, "run", "-A", entry, "stop", "--control-socket", paths.controlSocket]);
       execFileSync(stop[0], stop.slice(1), { stdio: "inherit", timeout: 30_000 });
       stopped = true;
     } catch {

@@ -1,6 +1,7 @@
 // The action's `pre` step (runner.md §2): check the runner, validate the policy (annotations that
 // point at the policy line), install Deno, start the daemon as root in its own cgroup, wait for it
-// to be ready, and export the CA variables.
+// to be ready, and export the CA variables. The daemon runs from a root-owned copy of Deno and
+// its code (root_install.ts), never from the runner-writable checkout or tool cache.
 
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, openSync, statSync } from "node:fs";
@@ -9,10 +10,19 @@ import process from "node:process";
 import { caEnvironment } from "../../src/runner/paths.ts";
 import { annotation, emit, exportVariable, saveState, setSecret } from "./actions.ts";
 import { type ActionPaths, actionPaths } from "./config.ts";
-import { ensureDeno } from "./deno_install.ts";
+import { ensureDeno, pinnedVersion } from "./deno_install.ts";
 import { checkRunner, type Inputs, readInputs } from "./inputs.ts";
 import { validatePolicy } from "./policy_library.ts";
 import { asRoot, readPrivileged, tail } from "./privileged.ts";
+import {
+  chainProblem,
+  installCode,
+  type InstalledCode,
+  installedCode,
+  installProblem,
+  planInstall,
+  seedEntries,
+} from "./root_install.ts";
 
 export const READY_POLL_MS = 100;
 export const READY_TIMEOUT_MS = 30_000;
@@ -94,19 +104,19 @@ export function ensureLibraries(): string[] {
 
 /** The daemon's argv (before sudo/systemd-run) for these inputs. */
 export function daemonArgs(
-  deno: string,
+  code: Pick<InstalledCode, "deno" | "config" | "entry">,
   paths: ActionPaths,
   inputs: Inputs,
   env: NodeJS.ProcessEnv = process.env,
 ): string[] {
   return [
-    deno,
+    code.deno,
     "run",
     "-A",
     "--no-prompt",
     "--config",
-    join(paths.actionRoot, "deno.json"),
-    paths.entry,
+    code.config,
+    env.EGRESS_TEST_ENTRY || code.entry,
     "start",
     "--runner",
     "--policy",
@@ -180,6 +190,39 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * Deno and the daemon's code in a root-owned directory (root_install.ts): reused when an earlier
+ * job left it (checked: root-owned all the way up, nothing group/other-writable), else Deno from
+ * the tool cache (installed there first when missing) and the checkout's files are copied in, the
+ * module cache seeded from the runner's DENO_DIR (or the one beside Deno in the tool cache).
+ */
+export function installDaemonCode(paths: ActionPaths, env: NodeJS.ProcessEnv): InstalledCode {
+  const lockDir = join(paths.actionRoot, "action", "deno");
+  const version = pinnedVersion(lockDir);
+  const plan = planInstall(paths.actionRoot, paths.system.libDir, version);
+  const code = installedCode(plan.dir);
+  if (existsSync(plan.dir)) {
+    const problem = installProblem(plan);
+    if (problem) throw new StepFailure(`Cannot use the daemon's code in ${plan.dir}: ${problem}`);
+    emit(`egress: Deno ${version} and the daemon's code from ${plan.dir} (kept from an earlier job)`);
+    return code;
+  }
+  const chain = chainProblem(paths.system.libDir);
+  if (chain) throw new StepFailure(`Cannot install the daemon's code into ${paths.system.libDir}: ${chain}`);
+  const deno = ensureDeno(lockDir, env);
+  emit(`egress: Deno ${deno.version} ${deno.cached ? "from the cache" : "installed"} (${deno.path})`);
+  const started = Date.now();
+  try {
+    installCode(plan, deno.path, seedEntries(paths.actionRoot, env.DENO_DIR || join(deno.dir, "deno-dir")));
+  } catch (error) {
+    throw new StepFailure((error as Error).message);
+  }
+  const problem = installProblem(plan);
+  if (problem) throw new StepFailure(`Cannot use the daemon's code in ${plan.dir}: ${problem}`);
+  emit(`egress: the daemon runs from ${plan.dir} (root-owned copy, ${Date.now() - started} ms)`);
+  return code;
+}
+
 export type PreOptions = { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; now?: () => number };
 
 export async function runPre(options: PreOptions = {}): Promise<void> {
@@ -191,19 +234,18 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   const policy = reportPolicy(inputs, env.GITHUB_REPOSITORY);
   if (policy.failed) throw new StepFailure("The egress policy has errors (see the annotations above)");
 
-  const deno = ensureDeno(join(paths.actionRoot, "action", "deno"), env);
-  emit(`egress: Deno ${deno.version} ${deno.cached ? "from the cache" : "installed"} (${deno.path})`);
+  const code = installDaemonCode(paths, env);
   const installed = ensureLibraries();
   if (installed.length > 0) emit(`egress: installed ${installed.join(", ")}`);
 
   mkdirSync(paths.workDir, { recursive: true, mode: 0o700 });
-  // Deno's module cache sits beside the binary in the tool cache, so a warm runner starts at once.
-  const daemonEnv = daemonEnvironment(env, inputs, env.DENO_DIR || join(deno.dir, "deno-dir"));
-  const argv = launchCommand(daemonArgs(deno.path, paths, inputs, env), daemonEnv);
+  const daemonEnv = daemonEnvironment(env, inputs, code.denoDir);
+  const argv = launchCommand(daemonArgs(code, paths, inputs, env), daemonEnv);
   const outputPath = join(paths.workDir, "daemon.out");
   const output = openSync(outputPath, "a", 0o600);
   const launched = Date.now();
   const child = spawn(argv[0], argv.slice(1), {
+    cwd: code.app,
     detached: true,
     stdio: ["pipe", output, output],
     env: daemonEnv,
@@ -214,7 +256,8 @@ export async function runPre(options: PreOptions = {}): Promise<void> {
   child.stdin!.end(inputs.policy);
   child.unref();
   saveState("started", "true", env);
-  saveState("deno", deno.path, env);
+  saveState("deno", code.deno, env);
+  saveState("entry", code.entry, env);
   saveState("daemon_pid", String(child.pid ?? ""), env);
   saveState("audit", String(inputs.audit), env);
 

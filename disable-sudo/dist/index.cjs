@@ -60,6 +60,7 @@ var RUNC = "/usr/bin/runc";
 var RUNC_WRAPPER_SCRIPT = "/usr/local/share/egress/runc-wrapper.cjs";
 var USERNS_CLONE_SYSCTL = "/proc/sys/kernel/unprivileged_userns_clone";
 var MAX_USER_NAMESPACES_SYSCTL = "/proc/sys/user/max_user_namespaces";
+var LIB_DIR = "/usr/local/lib/egress";
 function systemPaths(root = "") {
   const base = root.replace(/\/+$/, "");
   const at = (path) => `${base}${path}`;
@@ -73,7 +74,8 @@ function systemPaths(root = "") {
     runcReal: at(`${RUNC}.real`),
     runcWrapperScript: at(RUNC_WRAPPER_SCRIPT),
     usernsClone: at(USERNS_CLONE_SYSCTL),
-    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL)
+    maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL),
+    libDir: at(LIB_DIR)
   };
 }
 

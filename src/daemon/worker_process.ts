@@ -15,6 +15,9 @@ const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
 export function spawnWorker(specPath: string): WorkerProcess {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--no-prompt", "--config", CONFIG, WORKER_SCRIPT, specPath],
+    // Upstream TLS is verified against the system's trust store plus --upstream-ca (issue 4);
+    // Deno's default is its bundled Mozilla list, which ignores what the machine trusts.
+    env: { DENO_TLS_CA_STORE: "system" },
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",

@@ -94,6 +94,17 @@ type FirstBytes =
 
 const MAX_CLASSIFY_BYTES = 70 * 1024;
 
+/** HAProxy PROXY protocol signatures (v1 text, v2 binary): a client never needs to send one. */
+const PROXY_V1 = new TextEncoder().encode("PROXY ");
+const PROXY_V2 = new Uint8Array([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+
+/** The bytes begin with all of `prefix` (a shorter stream that could still become it is not). */
+function startsWithPrefix(bytes: Uint8Array, prefix: Uint8Array): boolean {
+  if (bytes.length < prefix.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false;
+  return true;
+}
+
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -119,6 +130,10 @@ async function classifyFirstBytes(reader: BufferedReader, timeouts: ProxyTimeout
     // refused when it stays incomplete: relayed on a `tcp` verdict (IP rules, DNS cache), a
     // client pausing mid-hello ("G", 300 ms, "ET / ...") would skip the SNI and Host decisions.
     let undecided: string | undefined;
+    if (startsWithPrefix(bytes, PROXY_V1) || startsWithPrefix(bytes, PROXY_V2)) {
+      // A load balancer that honours it would take the ClientHello or request behind it unseen.
+      return { kind: "refused", bytes, why: "PROXY protocol header" };
+    }
     if (mayBeTls(bytes)) {
       const hello = parseClientHello(bytes);
       if (hello.kind === "client_hello") return { kind: "tls", hello, bytes };
@@ -136,12 +151,14 @@ async function classifyFirstBytes(reader: BufferedReader, timeouts: ProxyTimeout
       }
       const dns = classifyDnsOverTcp(bytes);
       if (dns === "dns") return { kind: "dns", bytes };
-      if (http === "not_http" && dns === "not_dns") {
-        return { kind: "raw", bytes, why: "not TLS, HTTP or DNS" };
-      }
-      if (http === "need_more" || startsH2Preface(bytes)) {
+      if (
+        http === "need_more" || mayBecome(bytes, H2_PREFACE_LINE) || mayBecome(bytes, PROXY_V1) ||
+        mayBecome(bytes, PROXY_V2)
+      ) {
         waitMs = timeouts.headMs;
-        undecided = "incomplete HTTP request line";
+        undecided = "incomplete HTTP request line or PROXY header";
+      } else if (dns === "not_dns") {
+        return { kind: "raw", bytes, why: "not TLS, HTTP or DNS" };
       }
     }
     const incomplete = (why: string): FirstBytes =>
@@ -173,12 +190,12 @@ function looksLikeRequestLine(bytes: Uint8Array): boolean {
   return /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ ]+ HTTP\/\d/.test(line);
 }
 
-const H2_PREFACE_LINE = "PRI * HTTP/2.0\r\n";
+const H2_PREFACE_LINE = new TextEncoder().encode("PRI * HTTP/2.0\r\n");
 
-/** The bytes are the start of the HTTP/2 preface's first line (it may still complete). */
-function startsH2Preface(bytes: Uint8Array): boolean {
-  if (bytes.length >= H2_PREFACE_LINE.length) return false;
-  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== H2_PREFACE_LINE.charCodeAt(i)) return false;
+/** The bytes are a proper start of `prefix`: the stream may still become it. */
+function mayBecome(bytes: Uint8Array, prefix: Uint8Array): boolean {
+  if (bytes.length >= prefix.length) return false;
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== prefix[i]) return false;
   return true;
 }
 
@@ -379,7 +396,11 @@ class Proxy {
         client.unread(first.bytes);
         return await this.#rawTcp(ctx, client, () => this.#tcpUpstream(info), closers);
       case "refused":
-        return this.#refuse(ctx, first.why);
+        if (!ctx.audit) return this.#refuse(ctx, first.why);
+        // Audit mode never blocks: judged and relayed as raw TCP, with the reason on record.
+        ctx.ops.warn(`proxy ${info.dst_ip}:${info.dst_port}: ${first.why}; relayed as raw TCP (audit)`);
+        client.unread(first.bytes);
+        return await this.#rawTcp(ctx, client, () => this.#tcpUpstream(info), closers);
       case "raw": {
         client.unread(first.bytes);
         // Server speaks first: but if the client speaks before the server, classify it after all.
@@ -392,7 +413,8 @@ class Proxy {
   }
 
   /**
-   * Malformed or incomplete TLS/HTTP first bytes: the connection fails with a logged reason.
+   * Malformed or incomplete TLS/HTTP first bytes (enforce mode): the connection fails with a
+   * logged reason.
    * A `tcp` line is written only when the `tcp` verdict denies anyway (no relay happened).
    */
   #refuse(ctx: ConnectionContext, why: string): void {
@@ -572,7 +594,10 @@ class Proxy {
   ): Promise<void> {
     const info = ctx.info;
     if (inner.kind === "closed") return;
-    if (inner.kind === "refused") return this.#refuse(ctx, inner.why);
+    if (inner.kind === "refused") {
+      if (!ctx.audit) return this.#refuse(ctx, inner.why);
+      ctx.ops.warn(`proxy ${info.dst_ip}:${info.dst_port}: ${inner.why}; relayed as raw TCP (audit)`);
+    }
     client.unread(inner.bytes);
     if (inner.kind === "http") {
       const session = new HttpSession({

@@ -11,6 +11,8 @@ export const RUNC = "/usr/bin/runc";
 export const RUNC_WRAPPER_SCRIPT = "/usr/local/share/egress/runc-wrapper.cjs";
 export const USERNS_CLONE_SYSCTL = "/proc/sys/kernel/unprivileged_userns_clone";
 export const MAX_USER_NAMESPACES_SYSCTL = "/proc/sys/user/max_user_namespaces";
+/** Root-owned copies of the daemon's code, Deno and module cache (action pre), one per version. */
+export const LIB_DIR = "/usr/local/lib/egress";
 
 export type SystemPaths = {
   /** "" on a real runner, else the test root every path below lives in */
@@ -24,6 +26,7 @@ export type SystemPaths = {
   runcWrapperScript: string;
   usernsClone: string;
   maxUserNamespaces: string;
+  libDir: string;
 };
 
 /** Paths under `root` ("" = the real system). */
@@ -41,6 +44,7 @@ export function systemPaths(root = ""): SystemPaths {
     runcWrapperScript: at(RUNC_WRAPPER_SCRIPT),
     usernsClone: at(USERNS_CLONE_SYSCTL),
     maxUserNamespaces: at(MAX_USER_NAMESPACES_SYSCTL),
+    libDir: at(LIB_DIR),
   };
 }
 

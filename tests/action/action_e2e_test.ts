@@ -14,6 +14,7 @@ import { fakeRuntimeToken, startFakeResults, unzip } from "./fake_results.ts";
 import {
   ACTION,
   BUNDLE,
+  copyCheckout,
   createSimulatedRunner,
   output,
   parseFileCommands,
@@ -207,6 +208,33 @@ testWhen(
   },
 );
 
+/** argv, executable and working directory of a process. */
+function processInfo(pid: number): { argv: string[]; exe: string; cwd: string; environ: string[] } {
+  return {
+    argv: Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0").filter(Boolean),
+    exe: Deno.readLinkSync(`/proc/${pid}/exe`),
+    cwd: Deno.readLinkSync(`/proc/${pid}/cwd`),
+    environ: Deno.readTextFileSync(`/proc/${pid}/environ`).split("\0"),
+  };
+}
+
+/** Every entry below `dir`: root:root, directories 0755, files 0644 (those in `executables` 0755), no links. */
+function assertRootOwnedTree(dir: string, executables: string[] = []): number {
+  let count = 0;
+  const walk = (path: string) => {
+    const stat = Deno.lstatSync(path);
+    assert.ok(stat.isDirectory || stat.isFile, `${path} is a file or directory`);
+    assert.equal(stat.uid, 0, `${path} owned by root`);
+    assert.equal(stat.gid, 0, `${path} group root`);
+    const want = stat.isDirectory || executables.includes(path) ? 0o755 : 0o644;
+    assert.equal(stat.mode! & 0o7777, want, `${path} mode ${(stat.mode! & 0o7777).toString(8)}`);
+    count++;
+    if (stat.isDirectory) { for (const entry of Deno.readDirSync(path)) walk(`${path}/${entry.name}`); }
+  };
+  walk(dir);
+  return count;
+}
+
 /** Waits until the operational log shows `count` workers started, the last one listening. */
 async function listeningWorker(oplogPath: string, count: number): Promise<number> {
   const deadline = Date.now() + 20_000;
@@ -236,11 +264,73 @@ testWhen(
       const { root, env, files } = sim;
       const socket = `${root}/run/egress.sock`;
       const oplogPath = `${root}/var/log/egress/egress.log`;
+      // The action as the runner downloads it: a checkout the runner user (here: nobody) owns.
+      const checkout = await copyCheckout(`${root}/home/runner/work/_actions/owner/egress/v1`, NOBODY);
       const pre = await output(
-        runner.step([NODE!, `${repo}action/dist/pre.cjs`], { env, netns: topology.runner.path }),
+        runner.step([NODE!, `${checkout}/action/dist/pre.cjs`], { env, netns: topology.runner.path }),
       );
       assert.equal(pre.code, 0, `pre failed:\n${pre.stdout}\n${pre.stderr}`);
       daemonRunning = true;
+
+      // pre installed Deno and the daemon's code root-owned, named by version and content hash.
+      const lib = `${root}/usr/local/lib/egress`;
+      const installs = [...Deno.readDirSync(lib)].map((entry) => entry.name);
+      assert.equal(installs.length, 1, installs.join(" "));
+      assert.match(installs[0], /^[0-9A-Za-z.+_-]+-[0-9a-f]{16}$/);
+      const dir = `${lib}/${installs[0]}`;
+      assert.ok(pre.stdout.includes(`egress: the daemon runs from ${dir} (root-owned copy, `), pre.stdout);
+      for (let up = dir; up !== ""; up = up.slice(0, up.lastIndexOf("/"))) {
+        const stat = Deno.statSync(up);
+        assert.equal(stat.uid, 0, `${up} owned by root`);
+        assert.ok((stat.mode! & 0o022) === 0 || (stat.mode! & 0o1000) !== 0, `${up} only root can change`);
+      }
+      assert.equal(Deno.statSync(dir).mode! & 0o7777, 0o755);
+      assert.ok(assertRootOwnedTree(`${dir}/app`) > 100);
+      assertRootOwnedTree(`${dir}/bin`, [`${dir}/bin/deno`]);
+      const denoDir = Deno.statSync(`${dir}/deno-dir`);
+      assert.equal(denoDir.uid, 0);
+      assert.equal(denoDir.mode! & 0o022, 0);
+      assert.equal(
+        Deno.readTextFileSync(`${dir}/app/src/daemon/worker.ts`),
+        Deno.readTextFileSync(`${repo}src/daemon/worker.ts`),
+      );
+      assert.ok(Deno.statSync(`${dir}/deno-dir/npm/registry.npmjs.org/node-forge`).isDirectory, "seeded");
+
+      // Supervisor and worker run that Deno, that config and entry, in that directory.
+      const expectCode = (pid: number, script: string) => {
+        const info = processInfo(pid);
+        assert.equal(info.exe, `${dir}/bin/deno`, `exe of ${pid}`);
+        assert.equal(info.argv[0], `${dir}/bin/deno`);
+        assert.equal(info.cwd, `${dir}/app`, `cwd of ${pid}`);
+        assert.equal(info.argv[info.argv.indexOf("--config") + 1], `${dir}/app/deno.json`);
+        assert.ok(info.argv.includes(`${dir}/app/${script}`), info.argv.join(" "));
+        assert.ok(info.environ.includes(`DENO_DIR=${dir}/deno-dir`), `DENO_DIR of ${pid}`);
+        assert.ok(!info.argv.some((arg) => arg.startsWith(checkout)), info.argv.join(" "));
+      };
+      const firstWorker = await listeningWorker(oplogPath, 1);
+      const supervisorPid = Number(
+        /^PPid:\s+(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${firstWorker}/status`))![1],
+      );
+      expectCode(supervisorPid, "mod.ts");
+      expectCode(firstWorker, "src/daemon/worker.ts");
+
+      // A later step (the runner user) plants code in the checkout's worker: a restarted worker must
+      // not load it. Control: the planted line does run when the checkout's copy is loaded.
+      const planted = `${root}/tmp/planted`;
+      const plant = await output(runner.step([
+        "sed",
+        "-i",
+        `1i Deno.writeTextFileSync(${JSON.stringify(planted)}, "root code from the checkout");`,
+        `${checkout}/src/daemon/worker.ts`,
+      ], { uid: NOBODY }));
+      assert.equal(plant.code, 0, plant.stderr);
+      await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "--config", `${checkout}/deno.json`, `${checkout}/src/daemon/worker.ts`],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      assert.equal(await read(planted), "root code from the checkout", "control: the plant works");
+      await Deno.remove(planted);
       const curl = () =>
         output(runner.step(
           statusCurl(`http://${topology.internetIp}:8080/x`, 5),
@@ -249,7 +339,7 @@ testWhen(
       assert.equal((await curl()).stdout, "403");
 
       // One crash: traffic is refused while no worker runs, then served again by a new worker.
-      const first = await listeningWorker(oplogPath, 1);
+      const first = firstWorker;
       Deno.kill(first, "SIGKILL");
       const during = await curl();
       assert.notEqual(
@@ -259,6 +349,8 @@ testWhen(
       );
       const second = await listeningWorker(oplogPath, 2);
       assert.notEqual(second, first);
+      expectCode(second, "src/daemon/worker.ts");
+      assert.equal(await read(planted), undefined, "the restarted worker ran the root-owned copy");
       assert.equal((await curl()).stdout, "403");
       const afterOne = await sendControlCommand(socket, "status");
       assert.match(afterOne.text, /"state":"running","rules":\d+,"restarts":1,/);
@@ -285,10 +377,11 @@ testWhen(
       const state = parseFileCommands(await Deno.readTextFile(files.state));
       const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
       const post = await output(
-        runner.step([NODE!, `${repo}action/dist/post.cjs`], { env: { ...env, ...stateEnv } }),
+        runner.step([NODE!, `${checkout}/action/dist/post.cjs`], { env: { ...env, ...stateEnv } }),
       );
       daemonRunning = false;
       assert.equal(post.code, 1);
+      assert.equal(await read(planted), undefined, "no worker ever loaded the planted code");
       assert.match(
         post.stdout,
         /^::error::egress was degraded: its worker failed repeatedly and traffic was blocked$/m,

@@ -125,6 +125,28 @@ export async function createSimulatedRunner(
   return { root, paths, files, env, remove: () => Deno.remove(root, { recursive: true }) };
 }
 
+/** What a runner's `_actions/<owner>/egress/<ref>` holds that pre, main and post use. */
+const CHECKOUT = ["action.yml", "action", "deno.json", "deno.lock", "mod.ts", "src", "ffi"];
+
+/**
+ * A copy of this checkout at `dest`, owned by `uid` (the runner user: it can change every file),
+ * as the runner's action download is. Returns `dest`.
+ */
+export async function copyCheckout(dest: string, uid: number): Promise<string> {
+  await Deno.mkdir(`${dest}/bpf`, { recursive: true });
+  for (
+    const args of [
+      ["cp", "-R", ...CHECKOUT.map((path) => `${repo}${path}`), dest],
+      ["cp", "-R", `${repo}bpf/dist`, `${dest}/bpf/`],
+      ["chown", "-R", `${uid}:${uid}`, dest],
+    ]
+  ) {
+    const out = await new Deno.Command(args[0], { args: args.slice(1), stderr: "piped" }).output();
+    if (!out.success) throw new Error(`${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return dest;
+}
+
 export async function output(
   child: Deno.ChildProcess,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
