@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Deny hooks: no native IPv6, and no socket kinds the packet steering cannot see, for processes
- * under the attached cgroup. Returning 0 from these cgroup programs makes the syscall fail with
+/* Deny hooks: no native IPv6, no socket kinds the packet steering cannot see, and no binding of
+ * egress's own ports (where the steering redirects to) by anyone but root, for processes under the
+ * attached cgroup. Returning 0 from these cgroup programs makes the syscall fail with
  * EPERM (or drops the packet). These links are pinned in bpffs so the denial outlives a crashed
  * daemon (fail closed; docs/kernel.md). */
 #include "vmlinux.h"
@@ -24,6 +25,21 @@
 #define LOOPBACK_IFINDEX 1
 
 char LICENSE[] SEC("license") = "GPL";
+
+/* The ports the steering rules redirect to (proxy, DNS), written by the loader before attaching.
+ * src/kernel/bpf_loader.ts encodes exactly this layout (16 bytes). */
+#define EGRESS_GUARDED_PORTS 4
+struct egress_deny_ports {
+	__u64 netns_cookie;                  /* the daemon's netns (where the steering redirects) */
+	__u16 ports[EGRESS_GUARDED_PORTS];   /* host byte order; 0 = unused slot */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egress_deny_ports);
+} egress_deny_ports SEC(".maps");
 
 /* ::1 (cannot leave the host) and ::ffff:a.b.c.d (IPv4 on the wire, steered like IPv4). */
 static __always_inline int allowed_v6(struct bpf_sock_addr *ctx)
@@ -104,4 +120,44 @@ int egress_deny_skb(struct __sk_buff *skb)
 			return 0;
 	}
 	return 1;
+}
+
+/* While no daemon runs (crashed, before the next start cleaned up) its ports are free, and whoever
+ * binds one receives every redirected connection or DNS query. Refuse a bind to a guarded port,
+ * TCP or UDP, any address (bind6 also sees "::" and v4-mapped addresses, so dual-stack sockets are
+ * covered), in the daemon's netns, unless the caller is root (egress itself; root is out of scope).
+ * SO_REUSEPORT needs a bind too. Port 0 and autobind (connect, listen, sendto on an unbound socket)
+ * never run this hook: they take ephemeral ports, which the loader checks exclude these. */
+static __always_inline int bind_allowed(struct bpf_sock_addr *ctx)
+{
+	__u32 user_port = ctx->user_port;
+	__u16 port = bpf_ntohs((__u16)user_port);
+	if (port == 0)
+		return 1;
+	__u32 key = 0;
+	struct egress_deny_ports *config = bpf_map_lookup_elem(&egress_deny_ports, &key);
+	if (!config)
+		return 1;
+	int guarded = 0;
+	for (int i = 0; i < EGRESS_GUARDED_PORTS; i++) {
+		if (config->ports[i] != 0 && config->ports[i] == port)
+			guarded = 1;
+	}
+	if (!guarded)
+		return 1;
+	if (config->netns_cookie != 0 && bpf_get_netns_cookie(ctx) != config->netns_cookie)
+		return 1;
+	return (__u32)bpf_get_current_uid_gid() == 0;
+}
+
+SEC("cgroup/bind4")
+int egress_deny_b4(struct bpf_sock_addr *ctx)
+{
+	return bind_allowed(ctx);
+}
+
+SEC("cgroup/bind6")
+int egress_deny_b6(struct bpf_sock_addr *ctx)
+{
+	return bind_allowed(ctx);
 }

@@ -55,7 +55,14 @@ export interface DaemonSystem {
   removeStaleOwnCgroups(): string[];
   /** Pinned links of an earlier run of this instance (replaced once the new hooks attach). */
   countLeftoverPins(instance: string): number;
-  loadBpf(options: { instance: string; cgroup?: string; log: (level: string, message: string) => void }): {
+  loadBpf(options: {
+    instance: string;
+    cgroup?: string;
+    /** only root may bind these while the deny hooks are attached (and pinned, after a crash) */
+    proxyPort?: number;
+    dnsPort?: number;
+    log: (level: string, message: string) => void;
+  }): {
     attribution?: Attribution;
     /** fd of the egress_conns map, pinned for the worker process */
     connsFd?: number;
@@ -87,6 +94,8 @@ export const realSystem: DaemonSystem = {
     const bpf = loadEgressBpf({
       instance: options.instance,
       cgroup: options.cgroup,
+      proxyPort: options.proxyPort,
+      dnsPort: options.dnsPort,
       log: (level, message) => options.log(level, message),
     });
     return {
@@ -425,6 +434,8 @@ export async function runDaemon(
       const bpf = system.loadBpf({
         instance,
         cgroup: config.cgroup,
+        proxyPort: config.proxyPort,
+        dnsPort: config.dnsPort,
         log: (level, message) =>
           oplog.log(
             level === "error" ? "ERROR" : level === "warn" ? "WARN" : level === "info" ? "INFO" : "DEBUG",

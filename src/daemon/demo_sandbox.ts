@@ -9,13 +9,14 @@ export type CommandResult = { code: number; stdout: string; stderr: string };
 
 export async function runCommand(
   argv: string[],
-  options: { stdin?: string; timeoutMs?: number } = {},
+  options: { stdin?: string; env?: Record<string, string>; timeoutMs?: number } = {},
 ): Promise<CommandResult> {
   const child = new Deno.Command(argv[0], {
     args: argv.slice(1),
     stdin: options.stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
+    env: options.env,
   }).spawn();
   if (options.stdin !== undefined) {
     const writer = child.stdin.getWriter();
@@ -48,6 +49,28 @@ async function mustRun(argv: string[]): Promise<string> {
     throw new Error(`Cannot run ${argv.join(" ")}: ${result.stderr.trim() || `exit code ${result.code}`}`);
   }
   return result.stdout;
+}
+
+/** One end of a veth pair: its namespace (a /run/netns/ path), interface name and /30 address. */
+export type VethEnd = { netns: string; name: string; ip: string };
+
+/**
+ * Joins two network namespaces with a veth pair, created inside `a`'s namespace and one end moved
+ * (the host never sees either end); each end gets its /30 address and is brought up. `run` runs one
+ * argv and throws when it fails.
+ */
+export async function linkVeth(
+  a: VethEnd,
+  b: VethEnd,
+  run: (argv: string[]) => Promise<unknown> = mustRun,
+): Promise<void> {
+  const inA = ["nsenter", `--net=${a.netns}`], inB = ["nsenter", `--net=${b.netns}`];
+  await run([...inA, "ip", "link", "add", a.name, "type", "veth", "peer", "name", b.name]);
+  await run([...inA, "ip", "link", "set", b.name, "netns", b.netns]);
+  await run([...inA, "ip", "addr", "add", `${a.ip}/30`, "dev", a.name]);
+  await run([...inB, "ip", "addr", "add", `${b.ip}/30`, "dev", b.name]);
+  await run([...inA, "ip", "link", "set", a.name, "up"]);
+  await run([...inB, "ip", "link", "set", b.name, "up"]);
 }
 
 export class DemoSandbox {
@@ -83,41 +106,10 @@ export class DemoSandbox {
       });
       await mustRun([...this.inNetns(name), "ip", "link", "set", "lo", "up"]);
     }
-    const a = `${this.prefix}a`, b = `${this.prefix}b`;
-    // Created inside the runner namespace and one end moved: the host never sees either end.
-    await mustRun([
-      ...this.inNetns(this.runnerNetns),
-      "ip",
-      "link",
-      "add",
-      a,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      b,
-    ]);
-    await mustRun([
-      ...this.inNetns(this.runnerNetns),
-      "ip",
-      "link",
-      "set",
-      b,
-      "netns",
-      `/run/netns/${this.internetNetns}`,
-    ]);
-    await mustRun([...this.inNetns(this.runnerNetns), "ip", "addr", "add", `${this.runnerIp}/30`, "dev", a]);
-    await mustRun([
-      ...this.inNetns(this.internetNetns),
-      "ip",
-      "addr",
-      "add",
-      `${this.internetIp}/30`,
-      "dev",
-      b,
-    ]);
-    await mustRun([...this.inNetns(this.runnerNetns), "ip", "link", "set", a, "up"]);
-    await mustRun([...this.inNetns(this.internetNetns), "ip", "link", "set", b, "up"]);
+    await linkVeth(
+      { netns: `/run/netns/${this.runnerNetns}`, name: `${this.prefix}a`, ip: this.runnerIp },
+      { netns: `/run/netns/${this.internetNetns}`, name: `${this.prefix}b`, ip: this.internetIp },
+    );
     const cgroup = createCgroup(`/${this.prefix}-clients`);
     this.cgroup = cgroup;
     this.#undo.push({ what: `cgroup ${cgroup.hierarchyPath}`, run: () => removeCgroup(cgroup) });

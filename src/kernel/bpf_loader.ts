@@ -1,6 +1,6 @@
 // Loads egress's BPF objects (bpf/dist/*.bpf.o), attaches them to a cgroup and the BTF tracepoint,
-// pins the deny hooks in bpffs so they outlive a crashed daemon (fail closed), and detaches
-// everything on close(). See docs/kernel.md.
+// pins the deny hooks (and the map of guarded ports they read) in bpffs so they outlive a crashed
+// daemon (fail closed), and detaches everything on close(). See docs/kernel.md.
 
 import {
   BpfLink,
@@ -10,7 +10,7 @@ import {
   type LibbpfLogLevel,
   setLibbpfLogHandler,
 } from "../../ffi/libbpf.ts";
-import { closeFd, errno, libc, O_DIRECTORY, O_RDONLY, openFile, OsError } from "../../ffi/libc.ts";
+import { bpfObjPin, closeFd, errno, libc, O_DIRECTORY, O_RDONLY, openFile, OsError } from "../../ffi/libc.ts";
 import { type CgroupPath, parseMountInfo, resolveCgroup } from "./cgroup.ts";
 
 export type OperationalLog = (level: "error" | "warn" | "info" | "debug", message: string) => void;
@@ -22,8 +22,12 @@ export interface BpfLoadOptions {
   cgroup?: string;
   /** Directory holding egress_attr.bpf.o and egress_deny.bpf.o; default bpf/dist of this checkout. */
   objectDir?: string;
-  /** Attach the deny hooks (IPv6, sockets other than TCP/UDP). Default true. */
+  /** Attach the deny hooks (IPv6, sockets other than TCP/UDP, binds to the ports below). Default true. */
   deny?: boolean;
+  /** The proxy port the steering redirects TCP to: only root may bind it. Default 15080. */
+  proxyPort?: number;
+  /** The DNS port the steering redirects DNS to: only root may bind it. Default 15053. */
+  dnsPort?: number;
   /** Attach the attribution programs. Default true. */
   attribution?: boolean;
   /** Pin the deny hooks in bpffs. Default true. */
@@ -67,7 +71,48 @@ export const DENY_PROGRAMS: readonly ProgramSpec[] = [
   { name: "egress_deny_s6", feature: "cgroup/sendmsg6", attach: "cgroup" },
   { name: "egress_deny_sock", feature: "cgroup/sock_create", attach: "cgroup" },
   { name: "egress_deny_skb", feature: "cgroup_skb/egress", attach: "cgroup" },
+  { name: "egress_deny_b4", feature: "cgroup/bind4", attach: "cgroup" },
+  { name: "egress_deny_b6", feature: "cgroup/bind6", attach: "cgroup" },
 ];
+
+/** The deny object's map of guarded ports (struct egress_deny_ports), pinned beside its links. */
+export const DENY_PORTS_MAP = "egress_deny_ports";
+/** Mirrors EGRESS_GUARDED_PORTS in bpf/egress_deny.bpf.c. */
+export const GUARDED_PORT_SLOTS = 4;
+export const DEFAULT_PROXY_PORT = 15080;
+export const DEFAULT_DNS_PORT = 15053;
+
+/** struct egress_deny_ports: netns cookie (u64), then GUARDED_PORT_SLOTS u16 ports (0 = unused). */
+export function encodeDenyPorts(netnsCookie: bigint, ports: readonly number[]): Uint8Array<ArrayBuffer> {
+  if (ports.length > GUARDED_PORT_SLOTS) throw new Error(`at most ${GUARDED_PORT_SLOTS} guarded ports`);
+  const value = new Uint8Array(8 + 2 * GUARDED_PORT_SLOTS);
+  const view = new DataView(value.buffer);
+  view.setBigUint64(0, netnsCookie, hostLittleEndian);
+  ports.forEach((port, index) => view.setUint16(8 + 2 * index, port, hostLittleEndian));
+  return value;
+}
+
+/**
+ * Guarded ports an unprivileged process could still get by autobind (connect, listen or sendto on an
+ * unbound socket, or bind to port 0 never run the bind hook): those inside the ephemeral range
+ * (`ip_local_port_range`) and not in `ip_local_reserved_ports`.
+ */
+export function autobindablePorts(range: string, reserved: string, ports: readonly number[]): number[] {
+  const [low, high] = range.trim().split(/\s+/).map(Number);
+  const isReserved = (port: number) =>
+    reserved.trim().split(",").filter(Boolean).some((item) => {
+      const [a, b = a] = item.split("-").map(Number);
+      return port >= a && port <= b;
+    });
+  return ports.filter((port) => port >= low && port <= high && !isReserved(port));
+}
+
+function checkPort(name: string, port: number): number {
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new Error(`Cannot load egress BPF programs: ${name} ${port} is not a port (1-65535)`);
+  }
+  return port;
+}
 
 /** Mirrors EGRESS_CONN_ENTRIES / EGRESS_STASH_ENTRIES in bpf/egress.h. */
 export const EGRESS_CONN_ENTRIES = 65536;
@@ -116,8 +161,9 @@ export function ensureBpffs(path = "/sys/fs/bpf"): void {
 }
 
 /**
- * Removes the pinned links a previous instance of the same name left behind (a killed daemon):
- * each is reopened, unpinned and destroyed, which detaches its program. Returns how many.
+ * Removes the pins a previous instance of the same name left behind (a killed daemon): each link
+ * is reopened, unpinned and destroyed, which detaches its program; other pins (the ports map) are
+ * unlinked. Returns how many pins were removed.
  */
 export function removeLeftoverPins(instance: string, bpffs = "/sys/fs/bpf"): number {
   const dir = `${bpffs}/egress-${instance}`;
@@ -160,11 +206,15 @@ export class EgressBpf {
   #objects: BpfObject[] = [];
   #links: BpfLink[] = [];
   #pinned: BpfLink[] = [];
+  #pinnedFiles: string[] = [];
   #closed = false;
   /** Attribution maps; undefined when attribution was not requested. */
   conns?: BpfMap;
   stats?: BpfMap;
+  /** Pins (links and the ports map) of an earlier instance of the same name that this load removed. */
   leftoversRemoved = 0;
+  /** Ports only root may bind (in this netns, under the cgroup); empty without the deny hooks. */
+  guardedPorts: readonly number[] = [];
 
   constructor(
     readonly instance: string,
@@ -185,6 +235,10 @@ export class EgressBpf {
   /** @internal */
   markPinned(link: BpfLink): void {
     this.#pinned.push(link);
+  }
+  /** @internal a pinned object that is not a link (removed by close()) */
+  markPinnedFile(path: string): void {
+    this.#pinnedFiles.push(path);
   }
 
   /** Names of the programs loaded by this instance (kernel-visible names). */
@@ -225,6 +279,13 @@ export class EgressBpf {
         link.unpin();
       } catch (error) {
         failures.push((error as Error).message);
+      }
+    }
+    for (const path of this.#pinnedFiles) {
+      try {
+        Deno.removeSync(path);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) failures.push((error as Error).message);
       }
     }
     for (const link of this.#links) link.close();
@@ -318,6 +379,27 @@ function attachAll(
   return links;
 }
 
+/** Warns when autobind could hand out a guarded port (the bind hook never sees autobind). */
+function warnAutobindable(ports: readonly number[], log: OperationalLog): void {
+  let exposed: number[];
+  try {
+    exposed = autobindablePorts(
+      Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range"),
+      Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_reserved_ports"),
+      ports,
+    );
+  } catch {
+    return;
+  }
+  if (exposed.length > 0) {
+    log(
+      "warn",
+      `ports ${exposed.join(", ")} lie in net.ipv4.ip_local_port_range: an unprivileged process can get them ` +
+        `by autobind while egress is not running; add them to net.ipv4.ip_local_reserved_ports`,
+    );
+  }
+}
+
 /**
  * Opens, loads and attaches egress's BPF programs. Any failure detaches what was attached and
  * throws one BpfLoadError naming the feature.
@@ -347,6 +429,8 @@ export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
   const wantDeny = options.deny ?? true;
   const wantAttribution = options.attribution ?? true;
   const wantPin = wantDeny && (options.pin ?? true);
+  const proxyPort = checkPort("proxy port", options.proxyPort ?? DEFAULT_PROXY_PORT);
+  const dnsPort = checkPort("DNS port", options.dnsPort ?? DEFAULT_DNS_PORT);
   const bpffs = options.bpffs ?? "/sys/fs/bpf";
   const pinDir = wantPin ? `${bpffs}/egress-${options.instance}` : undefined;
   const netnsCookie = options.netnsCookie ?? ownNetnsCookie();
@@ -373,7 +457,13 @@ export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
     }
     if (wantDeny) {
       const object = loadObject(`${objectDir}/egress_deny.bpf.o`, DENY_PROGRAMS, bpf, options);
-      // New hooks attach before the leftovers go, so the denial has no gap across a restart.
+      const guardedPorts = [...new Set([proxyPort, dnsPort])];
+      const portsMap = object.map(DENY_PORTS_MAP);
+      portsMap.update(new Uint8Array(4), encodeDenyPorts(netnsCookie, guardedPorts));
+      bpf.guardedPorts = guardedPorts;
+      warnAutobindable(guardedPorts, log);
+      // New hooks attach before the leftovers go, so the denial has no gap across a restart: the
+      // old hooks keep their own (pinned) ports map until they are removed.
       const links = attachAll(object, DENY_PROGRAMS, cgroupFd, bpf);
       if (pinDir) {
         try {
@@ -382,7 +472,7 @@ export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
           if (bpf.leftoversRemoved > 0) {
             log(
               "info",
-              `removed ${bpf.leftoversRemoved} pinned BPF links left by an earlier egress-${options.instance}`,
+              `removed ${bpf.leftoversRemoved} pinned BPF objects left by an earlier egress-${options.instance}`,
             );
           }
           Deno.mkdirSync(pinDir, { recursive: true });
@@ -390,6 +480,10 @@ export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
             link.pin(`${pinDir}/${DENY_PROGRAMS[index].name}`);
             bpf.markPinned(link);
           });
+          // The pinned links keep the map alive anyway; the pin makes it inspectable
+          // (bpftool map dump pinned ...) and is a leftover the next start removes.
+          bpfObjPin(portsMap.fd, `${pinDir}/${DENY_PORTS_MAP}`);
+          bpf.markPinnedFile(`${pinDir}/${DENY_PORTS_MAP}`);
         } catch (error) {
           if (error instanceof BpfLoadError) throw error;
           throw new BpfLoadError(`bpffs pinning at ${pinDir}`, (error as Error).message);

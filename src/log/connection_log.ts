@@ -5,6 +5,7 @@
 
 import { scrubAbsoluteUrl } from "../proto/url_scrub.ts";
 import { defaultScrubber, type Scrubber } from "./scrub.ts";
+import type { ProcessFields } from "../proc/process_fields.ts";
 
 export type LogLineType = "http" | "https" | "tcp" | "udp" | "dns" | "dns_response" | "sudo";
 
@@ -37,14 +38,7 @@ export type ConnectionLogEvent = {
   github_token?: boolean;
   pwd?: string;
   target_user?: string;
-  pid?: number;
-  exe?: string;
-  cmdline?: string[];
-  cgroup?: string;
-  image?: string;
-  step?: string;
-  action?: string;
-};
+} & Partial<ProcessFields>;
 
 type FieldKind =
   | "ts"

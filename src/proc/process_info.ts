@@ -4,17 +4,11 @@
 
 import { DockerImageResolver, type DockerOptions } from "./docker.ts";
 import { type RunnerConstants, runnerConstants, trustedContextOf } from "./github_context.ts";
+import type { ProcessFields } from "./process_fields.ts";
 import { ProcReader } from "./process.ts";
 
-export type ProcessInfo = {
-  pid: number;
-  exe?: string;
-  cmdline?: string[];
-  cgroup?: string;
-  image?: string;
-  step?: string;
-  action?: string;
-};
+/** What describe() found out about a process: always the pid, the rest when known. */
+export type ProcessInfo = ProcessFields;
 
 export type DescriberOptions = {
   procRoot?: string;

@@ -7,23 +7,14 @@ import type { ConnectionEvent, Decision } from "../policy/types.ts";
 import { ruleSourceText } from "../policy/policy.ts";
 import type { ConnectionLogEvent } from "../log/connection_log.ts";
 import type { PackageVerdict } from "../packages/reputation.ts";
-
-export type ProcessDetails = {
-  pid: number;
-  exe?: string;
-  cmdline?: string[];
-  cgroup?: string;
-  image?: string;
-  step?: string;
-  action?: string;
-};
+import type { ProcessFields } from "../proc/process_fields.ts";
 
 /** What the daemon's conntrack + BPF + /proc lookup says about an accepted connection. */
 export type ResolvedConnection = {
   dst_ip: string;
   dst_port: number;
   src_port: number;
-  process?: ProcessDetails;
+  process?: ProcessFields;
 };
 
 /** The policy in force; swapped atomically by a reload (both fields from the same load). */

@@ -4,6 +4,7 @@
 // library options the shared flags select. Pure: no Deno API, no node: module. Reading the log
 // file stays in `src/cli/connection_log.ts`.
 
+import type { ProcessFields } from "../proc/process_fields.ts";
 import { RUNNER_CGROUP } from "../policy/builtins.ts";
 import { DnsCache, Enforcer } from "../policy/mod.ts";
 import { parseEventUrl } from "../policy/matcher.ts";
@@ -45,14 +46,7 @@ export type LogEvent = {
   audit?: true;
   passthrough?: true;
   insecure?: true;
-  pid?: number;
-  exe?: string;
-  cmdline?: string[];
-  cgroup?: string;
-  image?: string;
-  step?: string;
-  action?: string;
-};
+} & Partial<ProcessFields>;
 
 export type LogEntry = { /** 1-based line in the log file */ lineNumber: number; event: LogEvent };
 export type LogProblem = { lineNumber: number; reason: string };

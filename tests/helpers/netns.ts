@@ -5,6 +5,7 @@
 
 import { commandExists, isRoot, unmet } from "./requirements.ts";
 import { cgroup2MountFrom, type CgroupPath, createCgroup, removeCgroup } from "../../src/kernel/cgroup.ts";
+import { type CommandResult, linkVeth, runCommand } from "../../src/daemon/demo_sandbox.ts";
 
 /** Unique per test run, short enough for interface names (≤ 15 chars with suffixes). */
 export const RUN_ID = `eg${(Deno.pid % 46656).toString(36)}${Math.floor(Math.random() * 46656).toString(36)}`;
@@ -41,42 +42,14 @@ export function netnsTestsUnmet(extraTools: string[] = []): string | undefined {
   ]);
 }
 
-export type Output = { code: number; stdout: string; stderr: string };
+export type Output = CommandResult;
 
-export async function run(
+/** Runs argv to its end (SIGKILL after `timeoutMs`, default 30 s) and collects its output. */
+export function run(
   argv: string[],
   options: { stdin?: string; env?: Record<string, string>; timeoutMs?: number } = {},
 ): Promise<Output> {
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    stdin: options.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: options.env,
-  }).spawn();
-  if (options.stdin !== undefined) {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(options.stdin));
-    await writer.close();
-  }
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // exited
-    }
-  }, options.timeoutMs ?? 30_000);
-  try {
-    const result = await child.output();
-    const decoder = new TextDecoder();
-    return {
-      code: result.code,
-      stdout: decoder.decode(result.stdout),
-      stderr: decoder.decode(result.stderr),
-    };
-  } finally {
-    clearTimeout(timer);
-  }
+  return runCommand(argv, { ...options, timeoutMs: options.timeoutMs ?? 30_000 });
 }
 
 export async function mustRun(argv: string[], options: { stdin?: string } = {}): Promise<string> {
@@ -157,12 +130,11 @@ export async function createTopology(tag: string): Promise<Topology> {
     const internet = await Netns.create(`${base}i`);
     undo.push(() => internet.remove());
     // The pair is created inside the runner namespace and one end moved: nothing touches the host.
-    await runner.exec(["ip", "link", "add", `${base}a`, "type", "veth", "peer", "name", `${base}b`]);
-    await runner.exec(["ip", "link", "set", `${base}b`, "netns", internet.path]);
-    await runner.exec(["ip", "addr", "add", `${runnerIp}/30`, "dev", `${base}a`]);
-    await internet.exec(["ip", "addr", "add", `${internetIp}/30`, "dev", `${base}b`]);
-    await runner.exec(["ip", "link", "set", `${base}a`, "up"]);
-    await internet.exec(["ip", "link", "set", `${base}b`, "up"]);
+    await linkVeth(
+      { netns: runner.path, name: `${base}a`, ip: runnerIp },
+      { netns: internet.path, name: `${base}b`, ip: internetIp },
+      (argv) => mustRun(argv),
+    );
     await internet.exec(["ip", "addr", "add", `${extraIp}/32`, "dev", `${base}b`]);
     await runner.exec(["ip", "route", "add", `${extraIp}/32`, "via", internetIp]);
     await internet.exec(["ip", "route", "add", `${runnerIp}/32`, "dev", `${base}b`, "src", internetIp]).catch(

@@ -3,33 +3,19 @@
 
 import { DEFAULT_MARKS } from "../../netfilter/rules.ts";
 import { isLocalAddress } from "../../kernel/attribution.ts";
-import { ProcReader } from "../../proc/process.ts";
-import type { ProcessInfo } from "../../proc/process_info.ts";
 import { NfqueueConsumer } from "../../udp/nfqueue.ts";
-import { createUdpPacketHandler } from "../../udp/udp_policy.ts";
+import { createUdpPacketHandler, procDescriber } from "../../udp/udp_policy.ts";
 import { FlowLogLimiter } from "../../udp/flow_table.ts";
 import type { PartContext, RunningPart } from "../parts.ts";
 import { sharedRendezvous } from "./shared.ts";
-
-/** Synchronous /proc description (the packet handler runs inside the receive loop). */
-function describeSync(reader: ProcReader) {
-  return (pid: number): ProcessInfo | undefined => {
-    const snapshot = reader.read(pid);
-    if (!snapshot) return { pid };
-    const info: ProcessInfo = { pid };
-    if (snapshot.exe !== undefined) info.exe = snapshot.exe;
-    if (snapshot.cmdline !== undefined) info.cmdline = snapshot.cmdline;
-    if (snapshot.cgroup !== undefined) info.cgroup = snapshot.cgroup;
-    return info;
-  };
-}
 
 export function startUdpPart(context: PartContext): Promise<RunningPart> {
   const handler = createUdpPacketHandler({
     getEnforcer: () => context.policy.enforcer,
     getPolicy: () => context.policy.policy,
     attribution: context.attribution,
-    describe: describeSync(new ProcReader()),
+    // synchronous /proc description: the packet handler runs inside the receive loop
+    describe: procDescriber(),
     rendezvous: sharedRendezvous(context),
     log: context.connectionLog,
     oplog: context.oplog,
