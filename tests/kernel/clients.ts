@@ -124,6 +124,19 @@ elif mode == "capture-rthdr":
         if len(frame) > 20 and frame[20] == 43:
             count += 1
     out(count=count)
+elif mode == "bind-errno":
+    # bind-errno tcp|udp|mptcp HOST PORT [reuseport]: errno of bind() (IPv6 socket when HOST has ":").
+    family = socket.AF_INET6 if ":" in args[1] else socket.AF_INET
+    kind = socket.SOCK_DGRAM if args[0] == "udp" else socket.SOCK_STREAM
+    s = socket.socket(family, kind, 262 if args[0] == "mptcp" else 0)
+    if len(args) > 3:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    out(errno=errno_of(lambda: s.bind((args[1], int(args[2])))))
+elif mode == "autobind-port":
+    # listen() on an unbound TCP socket: the kernel picks a port without the bind hook.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.listen(1)
+    out(port=s.getsockname()[1])
 elif mode == "socket-errno":
     family, kind, proto = (int(value, 0) for value in args)
     out(errno=errno_of(lambda: socket.socket(family, kind, proto).close()))
