@@ -166,13 +166,18 @@ export function ensureBpffs(path = "/sys/fs/bpf"): void {
  * unlinked. Returns how many pins were removed.
  */
 export function removeLeftoverPins(instance: string, bpffs = "/sys/fs/bpf"): number {
+  const { links, others } = removePins(instance, bpffs);
+  return links + others;
+}
+
+function removePins(instance: string, bpffs: string): { links: number; others: number } {
   const dir = `${bpffs}/egress-${instance}`;
-  let removed = 0;
+  let links = 0, others = 0;
   let entries: Deno.DirEntry[];
   try {
     entries = [...Deno.readDirSync(dir)];
   } catch {
-    return 0;
+    return { links, others };
   }
   for (const entry of entries) {
     const path = `${dir}/${entry.name}`;
@@ -183,14 +188,15 @@ export function removeLeftoverPins(instance: string, bpffs = "/sys/fs/bpf"): num
       } finally {
         link.close();
       }
+      links++;
     } catch {
-      // Not a link (or unreadable): unlinking the pin drops the reference all the same.
+      // Not a link (the ports map, or unreadable): unlinking the pin drops the reference all the same.
       Deno.removeSync(path);
+      others++;
     }
-    removed++;
   }
   Deno.removeSync(dir);
-  return removed;
+  return { links, others };
 }
 
 export interface BpfStats {
@@ -394,7 +400,9 @@ function warnAutobindable(ports: readonly number[], log: OperationalLog): void {
   if (exposed.length > 0) {
     log(
       "warn",
-      `ports ${exposed.join(", ")} lie in net.ipv4.ip_local_port_range: an unprivileged process can get them ` +
+      `ports ${
+        exposed.join(", ")
+      } lie in net.ipv4.ip_local_port_range: an unprivileged process can get them ` +
         `by autobind while egress is not running; add them to net.ipv4.ip_local_reserved_ports`,
     );
   }
@@ -468,11 +476,13 @@ export function loadEgressBpf(options: BpfLoadOptions): EgressBpf {
       if (pinDir) {
         try {
           ensureBpffs(bpffs);
-          bpf.leftoversRemoved = removeLeftoverPins(options.instance, bpffs);
+          const leftovers = removePins(options.instance, bpffs);
+          bpf.leftoversRemoved = leftovers.links + leftovers.others;
           if (bpf.leftoversRemoved > 0) {
+            const others = leftovers.others > 0 ? ` (and ${leftovers.others} other pins: the ports map)` : "";
             log(
               "info",
-              `removed ${bpf.leftoversRemoved} pinned BPF objects left by an earlier egress-${options.instance}`,
+              `removed ${leftovers.links} pinned BPF links left by an earlier egress-${options.instance}${others}`,
             );
           }
           Deno.mkdirSync(pinDir, { recursive: true });

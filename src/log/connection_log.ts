@@ -6,39 +6,31 @@
 import { scrubAbsoluteUrl } from "../proto/url_scrub.ts";
 import { defaultScrubber, type Scrubber } from "./scrub.ts";
 import type { ProcessFields } from "../proc/process_fields.ts";
+import type { LogLineFields, LogLineType } from "./line_fields.ts";
 
-export type LogLineType = "http" | "https" | "tcp" | "udp" | "dns" | "dns_response" | "sudo";
+export type { LogLineType };
 
 /** One connection-log event. Field meanings: events.md §3. Absent or empty fields are omitted. */
-export type ConnectionLogEvent = {
-  /** defaults to now; a Date, epoch milliseconds, or an ISO string with milliseconds and `Z` */
-  ts?: Date | number | string;
-  type: LogLineType;
-  dst_ip?: string;
-  dst_port?: number;
-  src_port?: number;
-  /** `null` is written only on a TLS-stage `https` error line without SNI */
-  host?: string | null;
-  url?: string;
-  method?: string;
-  name?: string;
-  answers?: string[];
-  ttl?: number;
-  policy?: "allow" | "deny";
-  rule?: string;
-  line?: number;
-  reason?: string;
-  audit?: boolean;
-  passthrough?: boolean;
-  insecure?: boolean;
-  error?: string;
-  security_block?: boolean;
-  purl?: string;
-  reasons?: string[];
-  github_token?: boolean;
-  pwd?: string;
-  target_user?: string;
-} & Partial<ProcessFields>;
+export type ConnectionLogEvent =
+  & {
+    /** defaults to now; a Date, epoch milliseconds, or an ISO string with milliseconds and `Z` */
+    ts?: Date | number | string;
+    type: LogLineType;
+  }
+  & LogLineFields
+  & {
+    audit?: boolean;
+    passthrough?: boolean;
+    insecure?: boolean;
+    error?: string;
+    security_block?: boolean;
+    purl?: string;
+    reasons?: string[];
+    github_token?: boolean;
+    pwd?: string;
+    target_user?: string;
+  }
+  & Partial<ProcessFields>;
 
 type FieldKind =
   | "ts"

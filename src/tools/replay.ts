@@ -4,6 +4,7 @@
 // library options the shared flags select. Pure: no Deno API, no node: module. Reading the log
 // file stays in `src/cli/connection_log.ts`.
 
+import { LOG_LINE_TYPES, type LogLineFields, type LogLineType } from "../log/line_fields.ts";
 import type { ProcessFields } from "../proc/process_fields.ts";
 import { RUNNER_CGROUP } from "../policy/builtins.ts";
 import { DnsCache, Enforcer } from "../policy/mod.ts";
@@ -14,39 +15,23 @@ import type { ConnectionEvent, Decision, PolicyOptions } from "../policy/types.t
 // ---------------------------------------------------------------------------------------------
 // Log lines (events.md §3). Malformed lines are reported with their line number and skipped.
 
-export type LogType = "http" | "https" | "tcp" | "udp" | "dns" | "dns_response" | "sudo";
-const LOG_TYPES: ReadonlySet<string> = new Set([
-  "http",
-  "https",
-  "tcp",
-  "udp",
-  "dns",
-  "dns_response",
-  "sudo",
-]);
+export type LogType = LogLineType;
+const LOG_TYPES: ReadonlySet<string> = new Set(LOG_LINE_TYPES);
 
 /** The fields of a log line the CLI uses; others are kept as they are in `raw`. */
-export type LogEvent = {
-  type: LogType;
-  ts?: string;
-  dst_ip?: string;
-  dst_port?: number;
-  src_port?: number;
-  host?: string | null;
-  url?: string;
-  method?: string;
-  name?: string;
-  answers?: string[];
-  ttl?: number;
-  policy?: "allow" | "deny";
-  rule?: string;
-  line?: number;
-  reason?: string;
-  error?: string;
-  audit?: true;
-  passthrough?: true;
-  insecure?: true;
-} & Partial<ProcessFields>;
+export type LogEvent =
+  & {
+    type: LogType;
+    ts?: string;
+  }
+  & LogLineFields
+  & {
+    error?: string;
+    audit?: true;
+    passthrough?: true;
+    insecure?: true;
+  }
+  & Partial<ProcessFields>;
 
 export type LogEntry = { /** 1-based line in the log file */ lineNumber: number; event: LogEvent };
 export type LogProblem = { lineNumber: number; reason: string };

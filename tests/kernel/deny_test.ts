@@ -17,7 +17,7 @@ import {
   withCgroup,
 } from "./kernel_helpers.ts";
 import { python, PYTHON_CLIENT, Server } from "./clients.ts";
-import { DENY_PROGRAMS } from "../../src/kernel/bpf_loader.ts";
+import { DENY_PORTS_MAP, DENY_PROGRAMS } from "../../src/kernel/bpf_loader.ts";
 
 const reason = kernelTestsUnmet();
 const EPERM = 1;
@@ -188,7 +188,7 @@ testWhen(
         try {
           assert.deepEqual(
             [...Deno.readDirSync(pinDir)].map((e) => e.name).sort(),
-            DENY_PROGRAMS.map((p) => p.name).sort(),
+            [...DENY_PROGRAMS.map((p) => p.name), DENY_PORTS_MAP].sort(),
           );
         } finally {
           await child.kill();
@@ -204,7 +204,11 @@ testWhen(
 
           const next = loadEgressBpf({ instance, cgroup: cgroup.hierarchyPath, attribution: false });
           try {
-            assert.equal(next.leftoversRemoved, DENY_PROGRAMS.length, "the next load removed the leftovers");
+            assert.equal(
+              next.leftoversRemoved,
+              DENY_PROGRAMS.length + 1,
+              "the next load removed the leftovers (links and the ports map)",
+            );
             assert.equal(
               (await cgroupPrograms(cgroup)).length,
               DENY_PROGRAMS.length,
@@ -366,3 +370,128 @@ testWhen(
     }
   },
 );
+
+const PROXY_PORT = 16080, DNS_PORT = 16053, OTHER_PORT = 16081;
+
+/** bind() errno of a `kind` socket on host:port (python client, nobody unless `user` says root). */
+async function bindErrno(options: ClientOptions, kind: string, host: string, port: number, reuse = false) {
+  const args = ["bind-errno", kind, host, String(port), ...(reuse ? ["reuseport"] : [])];
+  return (await python(options, args)).errno;
+}
+
+/** The binds a hijacker of redirected traffic needs: TCP and UDP, v4 loopback, v4 any, dual-stack. */
+const HIJACK_BINDS: Array<[string, string, number]> = [
+  ["tcp", "127.0.0.1", PROXY_PORT],
+  ["udp", "127.0.0.1", PROXY_PORT],
+  ["tcp", "0.0.0.0", DNS_PORT],
+  ["udp", "0.0.0.0", DNS_PORT],
+  ["tcp", "::", PROXY_PORT],
+  ["udp", "::", PROXY_PORT],
+];
+
+async function assertBinds(options: ClientOptions, expected: number, what: string) {
+  for (const [kind, host, port] of HIJACK_BINDS) {
+    assert.equal(await bindErrno(options, kind, host, port), expected, `${what}: ${kind} ${host} ${port}`);
+  }
+}
+
+testWhen(
+  reason,
+  "kernel deny: only root may bind egress's ports in its netns and cgroup; pinned across kill -9",
+  async () => {
+    await withCgroup("bind", async (cgroup) => {
+      const netns = await TestNetns.create(`${RUN}-b`);
+      const other = await TestNetns.create(`${RUN}-bo`);
+      const instance = `${RUN}-bind`;
+      const pinDir = `/sys/fs/bpf/egress-${instance}`;
+      const options = {
+        instance,
+        cgroup: cgroup.hierarchyPath,
+        attribution: false,
+        proxyPort: PROXY_PORT,
+        dnsPort: DNS_PORT,
+      };
+      try {
+        const inside = { cgroup, netns };
+        await assertBinds(inside, 0, "without egress nobody can bind");
+        const child = await InstanceChild.start(options, netns);
+        try {
+          await assertBinds(inside, EPERM, "nobody inside");
+          assert.equal(await bindErrno(inside, "tcp", "::ffff:127.0.0.1", PROXY_PORT), EPERM, "v4-mapped");
+          assert.equal(
+            await bindErrno(inside, "udp", "::", DNS_PORT),
+            EPERM,
+            "dual-stack UDP on the DNS port",
+          );
+          assert.equal(await bindErrno(inside, "tcp", "0.0.0.0", PROXY_PORT, true), EPERM, "SO_REUSEPORT");
+          assert.equal(await bindErrno(inside, "udp", "0.0.0.0", DNS_PORT, true), EPERM, "SO_REUSEPORT UDP");
+          assert.equal(await bindErrno(inside, "mptcp", "0.0.0.0", PROXY_PORT), EPERM, "MPTCP");
+          assert.equal(await bindErrno(inside, "tcp", "127.0.0.1", OTHER_PORT), 0, "another port, TCP");
+          assert.equal(await bindErrno(inside, "udp", "::", OTHER_PORT), 0, "another port, UDP");
+          assert.equal(await bindErrno(inside, "tcp", "0.0.0.0", 0), 0, "port 0 (the kernel picks)");
+          const auto = (await python(inside, ["autobind-port"])).port;
+          assert.ok(auto !== PROXY_PORT && auto !== DNS_PORT && auto > 0, `autobind got ${auto}`);
+          await assertBinds({ ...inside, user: "root" }, 0, "root inside (egress itself)");
+          await assertBinds({ netns }, 0, "outside the attached cgroup (documented)");
+          await assertBinds({ cgroup, netns: other }, 0, "another netns (a container's own ports)");
+          assert.deepEqual(
+            [...Deno.readDirSync(pinDir)].map((e) => e.name).sort(),
+            [...DENY_PROGRAMS.map((p) => p.name), DENY_PORTS_MAP].sort(),
+          );
+        } finally {
+          await child.kill();
+        }
+        await assertBinds(inside, EPERM, "after kill -9 of the loader (pinned)");
+        await assertBinds({ ...inside, user: "root" }, 0, "root after kill -9");
+
+        const next = await InstanceChild.start(options, netns);
+        try {
+          assert.equal(
+            next.ready.leftovers,
+            DENY_PROGRAMS.length + 1,
+            "the next start removed the leftovers",
+          );
+          assert.equal((await cgroupPrograms(cgroup)).length, DENY_PROGRAMS.length, "only the new hooks");
+          await assertBinds(inside, EPERM, "across the restart");
+        } finally {
+          await next.stop();
+        }
+        assert.throws(() => Deno.statSync(pinDir), Deno.errors.NotFound, "close() removed the pins");
+        assert.deepEqual(await cgroupPrograms(cgroup), []);
+        await assertBinds(inside, 0, "after close()");
+      } finally {
+        try {
+          for (const entry of Deno.readDirSync(pinDir)) Deno.removeSync(`${pinDir}/${entry.name}`);
+          Deno.removeSync(pinDir);
+        } catch {
+          // Already clean.
+        }
+        await other.remove();
+        await netns.remove();
+      }
+    });
+  },
+);
+
+testWhen(reason, "kernel deny: without ports given, 15080 and 15053 are guarded", async () => {
+  await withCgroup("bindd", async (cgroup) => {
+    const netns = await TestNetns.create(`${RUN}-bd`);
+    try {
+      const child = await InstanceChild.start(
+        { instance: `${RUN}-bindd`, cgroup: cgroup.hierarchyPath, attribution: false, pin: false },
+        netns,
+      );
+      try {
+        const inside = { cgroup, netns };
+        assert.equal(await bindErrno(inside, "tcp", "0.0.0.0", 15080), EPERM);
+        assert.equal(await bindErrno(inside, "udp", "127.0.0.1", 15053), EPERM);
+        assert.equal(await bindErrno(inside, "tcp", "::", 15053), EPERM);
+        assert.equal(await bindErrno(inside, "tcp", "0.0.0.0", 15081), 0);
+      } finally {
+        await child.stop();
+      }
+    } finally {
+      await netns.remove();
+    }
+  });
+});
