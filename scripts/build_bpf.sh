@@ -34,9 +34,11 @@ esac
 for source in bpf/*.bpf.c; do
   name=$(basename "$source" .c)
   out="$out_dir/$name.o"
-  # Relative source paths and no build-time data in the flags: the output is byte-identical for the
-  # same sources, compiler and kernel BTF.
+  # Relative source paths, the checkout's own path mapped away (BTF line info records source file
+  # names) and no build-time data in the flags: the output is byte-identical for the same sources,
+  # compiler and kernel BTF, wherever the checkout and the output directory are.
   clang -O2 -g -target bpf -D__TARGET_ARCH_"$target_arch" -Wall -Werror \
+    -fdebug-prefix-map="$PWD"=. -fdebug-prefix-map="$(cd "$header_dir" && pwd)"=bpf \
     -I "$header_dir" -I bpf -c "$source" -o "$out.tmp"
   llvm-strip -g "$out.tmp"
   mv "$out.tmp" "$out"

@@ -1372,6 +1372,9 @@ function shouldUploadLog(setting, audit, events) {
   return audit || events.some((event) => event.policy === "deny" || event.error !== void 0);
 }
 
+// src/log/line_fields.ts
+var LOG_LINE_TYPES = ["http", "https", "tcp", "udp", "dns", "dns_response", "sudo"];
+
 // src/policy/builtins.ts
 var RUNNER_CGROUP = "/system.slice/hosted-compute-agent.service";
 var RUNNER_BUILTIN_TEXT = `127.0.0.53:53/udp
@@ -3694,15 +3697,7 @@ var Enforcer = class _Enforcer {
 };
 
 // src/tools/replay.ts
-var LOG_TYPES = /* @__PURE__ */ new Set([
-  "http",
-  "https",
-  "tcp",
-  "udp",
-  "dns",
-  "dns_response",
-  "sudo"
-]);
+var LOG_TYPES = new Set(LOG_LINE_TYPES);
 var STRING_FIELDS = [
   "ts",
   "dst_ip",

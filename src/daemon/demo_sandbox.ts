@@ -155,23 +155,27 @@ export class DemoSandbox {
   }
 }
 
-/** A throw-away CA and one server certificate for the demo names (openssl, EC keys). */
-export async function demoCertificates(
+type Run = (argv: string[]) => Promise<unknown>;
+
+/** A throw-away CA in `dir` (ca.key, ca.pem; EC P-256) with `subject`, valid for `days`. */
+export async function createCa(
   dir: string,
-  names: string[],
-): Promise<{ caPath: string; certPem: string; keyPem: string }> {
-  const o = (args: string[]) => mustRun(["openssl", ...args]);
-  await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/ca.key`]);
-  await o([
+  subject: string,
+  days: number,
+  run: Run = mustRun,
+): Promise<void> {
+  await run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/ca.key`]);
+  await run([
+    "openssl",
     "req",
     "-x509",
     "-new",
     "-key",
     `${dir}/ca.key`,
     "-subj",
-    "/CN=egress demo internet CA",
+    subject,
     "-days",
-    "1",
+    String(days),
     "-addext",
     "basicConstraints=critical,CA:TRUE",
     "-addext",
@@ -179,38 +183,64 @@ export async function demoCertificates(
     "-out",
     `${dir}/ca.pem`,
   ]);
-  await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/server.key`]);
-  await o([
+}
+
+/**
+ * A leaf signed by the CA in `dir` (createCa): `${name}.key` (EC P-256) and `${name}.pem` for CN
+ * `cn`, valid for `days`, with `extensions` (openssl extfile text, e.g. the subjectAltName).
+ */
+export async function signLeaf(
+  dir: string,
+  leaf: { name: string; cn: string; extensions: string; days: number },
+  run: Run = mustRun,
+): Promise<void> {
+  const path = `${dir}/${leaf.name}`;
+  await run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${path}.key`]);
+  await run([
+    "openssl",
     "req",
     "-new",
     "-key",
-    `${dir}/server.key`,
+    `${path}.key`,
     "-subj",
-    `/CN=${names[0]}`,
+    `/CN=${leaf.cn}`,
     "-out",
-    `${dir}/server.csr`,
+    `${path}.csr`,
   ]);
-  await Deno.writeTextFile(
-    `${dir}/server.ext`,
-    `subjectAltName=${names.map((name) => `DNS:${name}`).join(",")}\nextendedKeyUsage=serverAuth\n`,
-  );
-  await o([
+  await Deno.writeTextFile(`${path}.ext`, leaf.extensions);
+  await run([
+    "openssl",
     "x509",
     "-req",
     "-in",
-    `${dir}/server.csr`,
+    `${path}.csr`,
     "-CA",
     `${dir}/ca.pem`,
     "-CAkey",
     `${dir}/ca.key`,
     "-CAcreateserial",
     "-days",
-    "1",
+    String(leaf.days),
     "-extfile",
-    `${dir}/server.ext`,
+    `${path}.ext`,
     "-out",
-    `${dir}/server.pem`,
+    `${path}.pem`,
   ]);
+}
+
+/** A throw-away CA and one server certificate for the demo names (openssl, EC keys). */
+export async function demoCertificates(
+  dir: string,
+  names: string[],
+): Promise<{ caPath: string; certPem: string; keyPem: string }> {
+  await createCa(dir, "/CN=egress demo internet CA", 1);
+  const san = names.map((name) => `DNS:${name}`).join(",");
+  await signLeaf(dir, {
+    name: "server",
+    cn: names[0],
+    extensions: `subjectAltName=${san}\nextendedKeyUsage=serverAuth\n`,
+    days: 1,
+  });
   return {
     caPath: `${dir}/ca.pem`,
     certPem: await Deno.readTextFile(`${dir}/server.pem`),

@@ -38,7 +38,9 @@ function responseTo(query: Uint8Array, rename?: [string, string]): Uint8Array {
   const response = new Uint8Array(query);
   response[2] |= 0x80;
   if (!rename) return response;
-  const text = new TextDecoder("latin1").decode(response);
+  // Byte-for-char (true ISO-8859-1): TextDecoder("latin1") is windows-1252 and would rewrite the
+  // random id's bytes 0x80–0x9f, turning the forged answer into a different id.
+  const text = String.fromCharCode(...response);
   return Uint8Array.from(text.replace(rename[0], rename[1]), (c) => c.charCodeAt(0));
 }
 
@@ -53,7 +55,8 @@ Deno.test("upstream pool: colliding client ids are remapped; each answer goes ba
   const pool = new UdpUpstreamPool({ sockets: 2 });
   try {
     const queries = ["a.example.com", "b.example.com", "c.example.com"].map((name) => encodeQuery(7, [name]));
-    const answers = queries.map((query) => pool.query(query, expected(query), resolver, 2000));
+    const answers = queries.map((query) => pool.query(query, expected(query), resolver, 10_000));
+    for (const answer of answers) answer.catch(() => {}); // awaited below; never left unhandled
     const seen: Received[] = [];
     for (let i = 0; i < 3; i++) seen.push(await resolver.next());
     const ids = seen.map((r) => r.message.readUInt16BE(0));
@@ -81,7 +84,9 @@ Deno.test("upstream pool: spoofed answers (other port, other question, not a res
   const pool = new UdpUpstreamPool({ sockets: 1 });
   try {
     const query = encodeQuery(99, ["real.example.com"]);
-    const answer = pool.query(query, expected(query), resolver, 2000);
+    const answer = pool.query(query, expected(query), resolver, 10_000);
+    // If an assertion below fails, the pending answer is rejected by close(): report the assertion.
+    answer.catch(() => {});
     const received = await resolver.next();
     // Right id and question, wrong source port: another process on the resolver's host.
     await resolver.reply(received, responseTo(received.message), spoofer);
@@ -93,7 +98,10 @@ Deno.test("upstream pool: spoofed answers (other port, other question, not a res
     const wrongId = responseTo(received.message);
     wrongId[0] ^= 0xff;
     await resolver.reply(received, wrongId);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Wait until all four forgeries were seen (a fixed sleep is too short on a loaded machine).
+    for (let waited = 0; pool.stats.mismatched + pool.stats.unknownId < 4 && waited < 5000; waited += 20) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
     assert.equal(pool.pending, 1, "still waiting for the real answer");
     assert.equal(pool.stats.mismatched, 3);
     assert.equal(pool.stats.unknownId, 1);
@@ -118,7 +126,8 @@ Deno.test("upstream pool: a late answer after the deadline is dropped, not given
     const first = pool.query(query, expected(query), resolver, 150);
     const received = await resolver.next();
     await assert.rejects(first, /no answer within 150 ms/);
-    const second = pool.query(query, expected(query), resolver, 1000);
+    const second = pool.query(query, expected(query), resolver, 10_000);
+    second.catch(() => {});
     const secondReceived = await resolver.next();
     await resolver.reply(received, responseTo(received.message)); // the late one
     await new Promise((resolve) => setTimeout(resolve, 50));
@@ -141,7 +150,8 @@ Deno.test("upstream pool: sockets rotate to new ports; full pool and close() rej
     const ports = new Set<number>();
     for (let i = 0; i < 6; i++) {
       const query = encodeQuery(i, [`r${i}.example.com`]);
-      const answer = pool.query(query, expected(query), resolver, 1000);
+      const answer = pool.query(query, expected(query), resolver, 5000);
+      answer.catch(() => {});
       const received = await resolver.next();
       ports.add(received.port);
       await resolver.reply(received, responseTo(received.message));
@@ -154,6 +164,7 @@ Deno.test("upstream pool: sockets rotate to new ports; full pool and close() rej
       return pool.query(query, expected(query), resolver, 5000);
     };
     const waiting = [hang("w1.example.com"), hang("w2.example.com")];
+    for (const query of waiting) query.catch(() => {}); // asserted below; never left unhandled
     await assert.rejects(hang("w3.example.com"), /too many upstream queries waiting \(2\)/);
     const rejected = waiting.map((query) => assert.rejects(query, /closed/));
     await pool.close();

@@ -5,7 +5,13 @@
 
 import { commandExists, isRoot, unmet } from "./requirements.ts";
 import { cgroup2MountFrom, type CgroupPath, createCgroup, removeCgroup } from "../../src/kernel/cgroup.ts";
-import { type CommandResult, linkVeth, runCommand } from "../../src/daemon/demo_sandbox.ts";
+import {
+  type CommandResult,
+  createCa,
+  linkVeth,
+  runCommand,
+  signLeaf,
+} from "../../src/daemon/demo_sandbox.ts";
 
 /** Unique per test run, short enough for interface names (≤ 15 chars with suffixes). */
 export const RUN_ID = `eg${(Deno.pid % 46656).toString(36)}${Math.floor(Math.random() * 46656).toString(36)}`;
@@ -133,7 +139,7 @@ export async function createTopology(tag: string): Promise<Topology> {
     await linkVeth(
       { netns: runner.path, name: `${base}a`, ip: runnerIp },
       { netns: internet.path, name: `${base}b`, ip: internetIp },
-      (argv) => mustRun(argv),
+      mustRun,
     );
     await internet.exec(["ip", "addr", "add", `${extraIp}/32`, "dev", `${base}b`]);
     await runner.exec(["ip", "route", "add", `${extraIp}/32`, "via", internetIp]);
@@ -193,48 +199,14 @@ export type TestPki = {
 /** A throw-away test CA and leaves made with openssl (EC keys: fast). */
 export async function createTestPki(dir: string, names: string[], ip: string): Promise<TestPki> {
   const o = (args: string[]) => mustRun(["openssl", ...args]);
-  await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/ca.key`]);
-  await o([
-    "req",
-    "-x509",
-    "-new",
-    "-key",
-    `${dir}/ca.key`,
-    "-subj",
-    `/CN=egress test CA ${RUN_ID}`,
-    "-days",
-    "2",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
-    "-out",
-    `${dir}/ca.pem`,
-  ]);
-  await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/leaf.key`]);
-  await o(["req", "-new", "-key", `${dir}/leaf.key`, "-subj", `/CN=${names[0]}`, "-out", `${dir}/leaf.csr`]);
+  await createCa(dir, `/CN=egress test CA ${RUN_ID}`, 2, mustRun);
   const san = [...names.map((name) => `DNS:${name}`), `IP:${ip}`].join(",");
-  await Deno.writeTextFile(
-    `${dir}/leaf.ext`,
-    `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
-  );
-  await o([
-    "x509",
-    "-req",
-    "-in",
-    `${dir}/leaf.csr`,
-    "-CA",
-    `${dir}/ca.pem`,
-    "-CAkey",
-    `${dir}/ca.key`,
-    "-CAcreateserial",
-    "-days",
-    "2",
-    "-extfile",
-    `${dir}/leaf.ext`,
-    "-out",
-    `${dir}/leaf.pem`,
-  ]);
+  await signLeaf(dir, {
+    name: "leaf",
+    cn: names[0],
+    extensions: `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+    days: 2,
+  }, mustRun);
   await o(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${dir}/self.key`]);
   await o([
     "req",
