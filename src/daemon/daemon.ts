@@ -6,7 +6,7 @@
 // key, remove the socket, leave the cgroup — every step logged, none skipped by another's failure.
 
 import { type Attribution, Attribution as KernelAttribution } from "../kernel/attribution.ts";
-import { loadEgressBpf } from "../kernel/bpf_loader.ts";
+import { attributionMapPin, loadEgressBpf } from "../kernel/bpf_loader.ts";
 import { cgroup2Mount } from "../kernel/cgroup.ts";
 import { closeConntrack, queryOriginalByReply } from "../kernel/conntrack.ts";
 import { ConnectionLog } from "../log/connection_log.ts";
@@ -447,7 +447,7 @@ export async function runDaemon(
       oplog.info(`BPF programs attached: ${bpf.programNames().join(", ")}`);
       if (useWorker && bpf.connsFd !== undefined) {
         // The worker reads attribution from the same map through this pin.
-        const pin = `/sys/fs/bpf/egress-${instance}-conns`;
+        const pin = attributionMapPin(instance);
         try {
           Deno.removeSync(pin);
         } catch {

@@ -165,9 +165,22 @@ export function ensureBpffs(path = "/sys/fs/bpf"): void {
  * is reopened, unpinned and destroyed, which detaches its program; other pins (the ports map) are
  * unlinked. Returns how many pins were removed.
  */
+/** Where a daemon pins its attribution map for its worker process (outside the deny-link directory). */
+export function attributionMapPin(instance: string, bpffs = "/sys/fs/bpf"): string {
+  return `${bpffs}/egress-${instance}-conns`;
+}
+
+/** Removes everything a killed daemon of this instance left in bpffs: deny links, maps, the map pin. */
 export function removeLeftoverPins(instance: string, bpffs = "/sys/fs/bpf"): number {
   const { links, others } = removePins(instance, bpffs);
-  return links + others;
+  let mapPin = 0;
+  try {
+    Deno.removeSync(attributionMapPin(instance, bpffs));
+    mapPin = 1;
+  } catch {
+    // none left
+  }
+  return links + others + mapPin;
 }
 
 function removePins(instance: string, bpffs: string): { links: number; others: number } {
