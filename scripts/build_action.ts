@@ -30,11 +30,17 @@ const BANNER =
 /**
  * esbuild names bundled CommonJS modules by their path relative to the working directory, which
  * for the tools cache (outside the repository) depends on where the checkout is. Module names are
- * only keys, so they are cut to `node_modules/…` for bundles that are the same on every machine.
+ * only keys, so they are cut to `node_modules/…` for bundles that are the same on every machine;
+ * the same goes for the `// <path>` comment esbuild writes above each bundled module.
  */
 function normalizeModulePaths(file: string): void {
   const text = readFileSync(file, "utf8");
-  writeFileSync(file, text.replace(/"(?:\.\.\/)+(?:[^"\n]*\/)?node_modules\//g, '"node_modules/'));
+  writeFileSync(
+    file,
+    text
+      .replace(/"(?:\.\.\/)+(?:[^"\n]*\/)?node_modules\//g, '"node_modules/')
+      .replace(/^\/\/ (?:\.\.\/)+(?:[^\n]*\/)?node_modules\//gm, "// node_modules/"),
+  );
 }
 
 export async function buildAction(outDir: string): Promise<string[]> {

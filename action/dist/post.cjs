@@ -29,7 +29,7 @@ var __toESM = (mod, isNodeMode, target2) => (target2 = mod != null ? __create(__
   mod
 ));
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Lexer.js
+// node_modules/typescript-parsec/lib/Lexer.js
 var require_Lexer = __commonJS({
   "node_modules/typescript-parsec/lib/Lexer.js"(exports2) {
     "use strict";
@@ -201,7 +201,7 @@ var require_Lexer = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/ParserInterface.js
+// node_modules/typescript-parsec/lib/Parsers/ParserInterface.js
 var require_ParserInterface = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/ParserInterface.js"(exports2) {
     "use strict";
@@ -255,7 +255,7 @@ var require_ParserInterface = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/TokenParser.js
+// node_modules/typescript-parsec/lib/Parsers/TokenParser.js
 var require_TokenParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/TokenParser.js"(exports2) {
     "use strict";
@@ -356,7 +356,7 @@ var require_TokenParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/MonadicSequencialParser.js
+// node_modules/typescript-parsec/lib/Parsers/MonadicSequencialParser.js
 var require_MonadicSequencialParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/MonadicSequencialParser.js"(exports2) {
     "use strict";
@@ -407,7 +407,7 @@ var require_MonadicSequencialParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/SequencialParser.js
+// node_modules/typescript-parsec/lib/Parsers/SequencialParser.js
 var require_SequencialParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/SequencialParser.js"(exports2) {
     "use strict";
@@ -454,7 +454,7 @@ var require_SequencialParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/AlternativeParser.js
+// node_modules/typescript-parsec/lib/Parsers/AlternativeParser.js
 var require_AlternativeParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/AlternativeParser.js"(exports2) {
     "use strict";
@@ -488,7 +488,7 @@ var require_AlternativeParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/AlternativeScParser.js
+// node_modules/typescript-parsec/lib/Parsers/AlternativeScParser.js
 var require_AlternativeScParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/AlternativeScParser.js"(exports2) {
     "use strict";
@@ -522,7 +522,7 @@ var require_AlternativeScParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/OptionalParser.js
+// node_modules/typescript-parsec/lib/Parsers/OptionalParser.js
 var require_OptionalParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/OptionalParser.js"(exports2) {
     "use strict";
@@ -558,7 +558,7 @@ var require_OptionalParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/ApplyParser.js
+// node_modules/typescript-parsec/lib/Parsers/ApplyParser.js
 var require_ApplyParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/ApplyParser.js"(exports2) {
     "use strict";
@@ -609,7 +609,7 @@ var require_ApplyParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/RepeativeParser.js
+// node_modules/typescript-parsec/lib/Parsers/RepeativeParser.js
 var require_RepeativeParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/RepeativeParser.js"(exports2) {
     "use strict";
@@ -787,7 +787,7 @@ var require_RepeativeParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/AmbiguousParser.js
+// node_modules/typescript-parsec/lib/Parsers/AmbiguousParser.js
 var require_AmbiguousParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/AmbiguousParser.js"(exports2) {
     "use strict";
@@ -830,7 +830,7 @@ var require_AmbiguousParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/ErrorParser.js
+// node_modules/typescript-parsec/lib/Parsers/ErrorParser.js
 var require_ErrorParser = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/ErrorParser.js"(exports2) {
     "use strict";
@@ -882,7 +882,7 @@ var require_ErrorParser = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/Parsers/Rule.js
+// node_modules/typescript-parsec/lib/Parsers/Rule.js
 var require_Rule = __commonJS({
   "node_modules/typescript-parsec/lib/Parsers/Rule.js"(exports2) {
     "use strict";
@@ -958,7 +958,7 @@ var require_Rule = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/ParserModule.js
+// node_modules/typescript-parsec/lib/ParserModule.js
 var require_ParserModule = __commonJS({
   "node_modules/typescript-parsec/lib/ParserModule.js"(exports2) {
     "use strict";
@@ -997,7 +997,7 @@ var require_ParserModule = __commonJS({
   }
 });
 
-// ../../root/.cache/egress/node-tools/node_modules/typescript-parsec/lib/index.js
+// node_modules/typescript-parsec/lib/index.js
 var require_lib = __commonJS({
   "node_modules/typescript-parsec/lib/index.js"(exports2) {
     "use strict";
