@@ -1,6 +1,6 @@
 // `egress start` flags (cli.md) → DaemonConfig. Pure apart from the environment lookup passed in.
 
-import { CliError, parseArgs, UsageError } from "../cli/args.ts";
+import { parseArgs, UsageError } from "../cli/args.ts";
 import { PACKAGE_CHECK_ENV, packageCheckBaseUrl } from "../packages/reputation.ts";
 
 export type DnsUpstream = { ip: string; port: number };
@@ -10,6 +10,8 @@ export type DaemonConfig = {
   policyPath?: string;
   audit: boolean;
   logPath: string;
+  /** size cap of the connection log before rotation to `<log>.1`; 0 = no cap */
+  logMaxBytes: number;
   /** operational log file (beside the connection log) */
   operationalLogPath: string;
   /** where the cgroup hooks attach; undefined: the cgroup2 root */
@@ -44,6 +46,7 @@ Options:
   --policy FILE|-          policy text (- = stdin; default: the empty policy, which denies all)
   --audit                  log, never block
   --log FILE               connection log (default /var/log/egress/connections.jsonl)
+  --log-max-size BYTES     rotate the log to FILE.1 past this size (K/M/G suffix; default 512M; 0 = never)
   --cgroup PATH            cgroup the hooks attach to (default: the cgroup2 root)
   --repo OWNER/REPO        placeholder values (default $GITHUB_REPOSITORY)
   --control-socket PATH    control socket (default /run/egress.sock)
@@ -67,6 +70,7 @@ const FLAGS = {
   policy: { kind: "string" },
   audit: { kind: "boolean" },
   log: { kind: "string" },
+  "log-max-size": { kind: "string" },
   cgroup: { kind: "string" },
   repo: { kind: "string" },
   "control-socket": { kind: "string" },
@@ -83,6 +87,29 @@ const FLAGS = {
   "package-check-url": { kind: "string" },
   "no-container-certs": { kind: "boolean" },
 } as const;
+
+/** Default size cap of the connection log before it rotates to `<log>.1` (one older file is kept). */
+export const DEFAULT_LOG_MAX_BYTES = 512 * 1024 * 1024;
+
+/** `--log-max-size`: bytes with an optional K/M/G suffix (powers of 1024); 0 turns rotation off. */
+export function parseLogMaxSize(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_LOG_MAX_BYTES;
+  const match = /^(\d+)([KMG]?)$/i.exec(text);
+  if (!match) {
+    throw new UsageError(
+      `--log-max-size must be bytes with an optional K, M or G suffix, got ${JSON.stringify(text)}`,
+    );
+  }
+  const unit = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[match[2].toUpperCase() as "" | "K" | "M" | "G"];
+  const bytes = Number(match[1]) * unit;
+  if (bytes !== 0 && bytes < 64 * 1024) {
+    throw new UsageError(`--log-max-size must be 0 (no cap) or at least 64K, got ${JSON.stringify(text)}`);
+  }
+  if (!Number.isSafeInteger(bytes)) {
+    throw new UsageError(`--log-max-size is too large: ${JSON.stringify(text)}`);
+  }
+  return bytes;
+}
 
 function integer(flag: string, text: string | undefined, fallback: number, min: number, max: number): number {
   if (text === undefined) return fallback;
@@ -141,6 +168,7 @@ export function parseStartArgs(
     policyPath: flags.policy,
     audit: flags.audit,
     logPath,
+    logMaxBytes: parseLogMaxSize(flags["log-max-size"]),
     operationalLogPath: `${logDir}/egress.log`,
     cgroup: flags.cgroup,
     repository: repository || undefined,

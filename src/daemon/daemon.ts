@@ -463,6 +463,8 @@ export async function runDaemon(
     const connectionLog = await step(`open the connection log ${config.logPath}`, async () => {
       const log = await ConnectionLog.open({
         path: config.logPath,
+        // With a worker process, the worker rotates; two rotating writers would race.
+        maxFileBytes: useWorker ? 0 : config.logMaxBytes,
         reporter: { warn: (m) => oplog.warn(m), error: (m) => oplog.error(m) },
       });
       teardown.add(PHASE.connectionLog, "flush and close the connection log", () => log.close());

@@ -72,6 +72,8 @@ async function main(specPath: string): Promise<number> {
   const certificates = await EgressCertificates.loadOrCreate(config.stateDir);
   const connectionLog = await ConnectionLog.open({
     path: config.logPath,
+    // The worker writes nearly every line, so it alone rotates (the supervisor only adds sudo lines).
+    maxFileBytes: config.logMaxBytes,
     reporter: { warn: (m) => oplog.warn(m), error: (m) => oplog.error(m) },
   });
   const pinned = spec.connsPin ? pinnedAttribution(spec.connsPin) : undefined;

@@ -62,7 +62,7 @@ Deno.test("action.yml files point at the bundles", async () => {
     assert.ok(text.includes("using: node24") && text.includes("main: dist/index.cjs"), sub);
     assert.match(
       text,
-      /^inputs:\n  token:\n(    .*\n)*    required: true$/m,
+      /^inputs:\n {2}token:\n( {4}.*\n)* {4}required: true$/m,
       `${sub} takes the control token`,
     );
     assert.ok(Object.keys(ACTION_ENTRIES).includes(`${sub}/dist/index.cjs`));

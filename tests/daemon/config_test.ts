@@ -145,3 +145,22 @@ Deno.test("start and demo without root: a clear message and exit 1, before anyth
     console.error = original;
   }
 });
+
+Deno.test("start flags: --log-max-size sets the rotation cap (default 512M, 0 = never)", () => {
+  const parsed = (argv: string[]) => {
+    const config = parseStartArgs(argv);
+    if (config === "help") throw new Error("unexpected help");
+    return config.logMaxBytes;
+  };
+  assert.equal(parsed([]), 512 * 1024 * 1024);
+  assert.equal(parsed(["--log-max-size", "0"]), 0);
+  assert.equal(parsed(["--log-max-size", "64K"]), 64 * 1024);
+  assert.equal(parsed(["--log-max-size", "2g"]), 2 * 1024 ** 3);
+  for (const bad of ["10", "1T", "-1", "x", "1.5M"]) {
+    assert.throws(
+      () => parsed(["--log-max-size", bad]),
+      (e: unknown) => e instanceof CliError && e.exitCode === 2,
+      bad,
+    );
+  }
+});
