@@ -3,7 +3,7 @@
 // lock file changed since the last install, so repeated builds cost nothing.
 import { dirname, join } from "node:path";
 import { fileURLToPath as fromFileUrl } from "node:url";
-import { existsSync, mkdirSync, copyFileSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 
 const toolsDir = join(dirname(fromFileUrl(import.meta.url)), "..", "node-tools");
 
@@ -39,7 +39,12 @@ export async function ensureNodeTools(): Promise<string> {
 }
 
 /** Runs a Node program from the tools' node_modules/.bin (e.g. "tsc"). */
-export async function runNodeTool(nodeModules: string, bin: string, args: string[], cwd?: string): Promise<void> {
+export async function runNodeTool(
+  nodeModules: string,
+  bin: string,
+  args: string[],
+  cwd?: string,
+): Promise<void> {
   const result = await new Deno.Command("node", {
     args: [join(nodeModules, ".bin", bin), ...args],
     cwd,
@@ -49,7 +54,9 @@ export async function runNodeTool(nodeModules: string, bin: string, args: string
   if (!result.success) {
     const decoder = new TextDecoder();
     throw new Error(
-      `Cannot run ${bin} ${args.join(" ")}:\n${decoder.decode(result.stdout)}${decoder.decode(result.stderr)}`,
+      `Cannot run ${bin} ${args.join(" ")}:\n${decoder.decode(result.stdout)}${
+        decoder.decode(result.stderr)
+      }`,
     );
   }
 }

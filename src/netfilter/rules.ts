@@ -221,7 +221,10 @@ export function buildSteeringRules(input: SteeringConfig): SteeringTableRules[] 
     {
       table: "filter",
       chains: [
-        { name: "EGRESS-OUTPUT", rules: [dropDirect, fastPath, ...exempt, tcpNotRedirected, dnsNotRedirected] },
+        {
+          name: "EGRESS-OUTPUT",
+          rules: [dropDirect, fastPath, ...exempt, tcpNotRedirected, dnsNotRedirected],
+        },
         { name: "EGRESS-INPUT", rules: [dropDirect, tcpNotRedirected, dnsNotRedirected] },
         // A redirected packet is delivered locally (INPUT): whatever new TCP or DNS is forwarded escaped.
         {
