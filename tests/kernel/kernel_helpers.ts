@@ -80,35 +80,9 @@ export async function mustRun(argv: string[]): Promise<string> {
   return result.stdout;
 }
 
-/** A network namespace with lo up, removed by remove(). */
-export class TestNetns {
-  private constructor(readonly name: string) {}
-
-  static async create(name: string): Promise<TestNetns> {
-    await mustRun(["ip", "netns", "add", name]);
-    const netns = new TestNetns(name);
-    try {
-      await netns.exec(["ip", "link", "set", "lo", "up"]);
-    } catch (error) {
-      await netns.remove();
-      throw error;
-    }
-    return netns;
-  }
-
-  get path(): string {
-    return `/run/netns/${this.name}`;
-  }
-
-  /** Runs a command in the namespace as root (keeping /sys: nsenter, not ip netns exec). */
-  exec(argv: string[]): Promise<string> {
-    return mustRun(["nsenter", `--net=${this.path}`, ...argv]);
-  }
-
-  async remove(): Promise<void> {
-    await run(["ip", "netns", "del", this.name]);
-  }
-}
+/** A network namespace with lo up, removed by remove(): the shared rig's class. */
+export { Netns as TestNetns } from "../helpers/netns.ts";
+import type { Netns as TestNetns } from "../helpers/netns.ts";
 
 export interface ClientOptions {
   /** Join this cgroup before entering the namespace (default: stay where the test runs). */
